@@ -1,0 +1,146 @@
+"""Training windows over a demonstration store.
+
+A window is anchored at a *current* step t of an episode. It holds the observation history
+steps t-n_obs+1 .. t and the action chunk t .. t+H-1. Steps before the episode start repeat
+the first frame, steps after its end repeat the last one; both are flagged in pad masks.
+Every step of an episode is a current step once, unless ``pad_after`` limits how many action
+steps may run past the end.
+
+The window table is built by a numba kernel; gathering a batch is one fancy-index per key,
+so low-dim sampling runs at hundreds of thousands of windows a second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .store import ACTION_KEY, DemoStore
+
+DEFAULT_IMAGE_CACHE_BYTES = 4 << 30
+
+
+@njit(cache=True)
+def build_windows(episode_ends: np.ndarray, episode_mask: np.ndarray, horizon: int, pad_after: int) -> np.ndarray:
+    """(W, 3) int64 rows of (episode start, episode end, current step), global step indices.
+
+    episode_ends: (E,) exclusive ends; episode_mask: (E,) bool, episodes to draw from.
+    A current step t is kept when t + horizon - 1 <= end - 1 + pad_after.
+    """
+    count = 0
+    start = 0
+    for e in range(episode_ends.shape[0]):
+        end = episode_ends[e]
+        if episode_mask[e]:
+            last = min(end - 1, end - horizon + pad_after)
+            if last >= start:
+                count += last - start + 1
+        start = end
+    out = np.empty((count, 3), dtype=np.int64)
+    row = 0
+    start = 0
+    for e in range(episode_ends.shape[0]):
+        end = episode_ends[e]
+        if episode_mask[e]:
+            last = min(end - 1, end - horizon + pad_after)
+            for t in range(start, last + 1):
+                out[row, 0] = start
+                out[row, 1] = end
+                out[row, 2] = t
+                row += 1
+        start = end
+    return out
+
+
+def split_episodes(n_episodes: int, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train_mask, val_mask), disjoint by episode; at least one training episode."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = min(int(round(n_episodes * val_fraction)), max(n_episodes - 1, 0))
+    if val_fraction > 0 and n_episodes > 1:
+        n_val = max(n_val, 1)
+    order = np.random.default_rng(seed).permutation(n_episodes)
+    val = np.zeros(n_episodes, bool)
+    val[order[:n_val]] = True
+    return ~val, val
+
+
+class SequenceSampler:
+    """Windows of ``n_obs`` observations and ``horizon`` actions from a store.
+
+    Batches are dicts of numpy arrays: each obs key (B, n_obs, ...), ``action`` (B, H, A),
+    ``obs_is_pad`` (B, n_obs) bool, ``action_is_pad`` (B, H) bool, ``task_id`` (B,) int64.
+    """
+
+    def __init__(
+        self,
+        store: DemoStore,
+        obs_keys: list[str],
+        n_obs: int = 2,
+        horizon: int = 16,
+        pad_after: int | None = None,
+        episode_mask: np.ndarray | None = None,
+        action_key: str = ACTION_KEY,
+        image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+    ):
+        if n_obs < 1 or horizon < 1:
+            raise ValueError(f"n_obs and horizon must be >= 1, got n_obs={n_obs}, horizon={horizon}")
+        for key in list(obs_keys) + [action_key]:
+            store.array(key)  # raises a MissingKeyError naming the store and key
+        self.store = store
+        self.obs_keys = list(obs_keys)
+        self.action_key = action_key
+        self.n_obs = n_obs
+        self.horizon = horizon
+        self.pad_after = horizon - 1 if pad_after is None else pad_after
+        mask = np.ones(store.n_episodes, bool) if episode_mask is None else np.asarray(episode_mask, bool)
+        mask = mask & store.has_action
+        self.windows = build_windows(store.episode_ends, mask, horizon, self.pad_after)
+        self.arrays: dict[str, np.ndarray | object] = {}
+        for key in set(self.obs_keys) | {action_key}:
+            arr = store.array(key)
+            nbytes = store.n_steps * int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
+            lowdim = key not in store.image_keys
+            self.arrays[key] = store.read(key) if (lowdim or nbytes <= image_cache_bytes) else arr
+        step_episode = np.repeat(np.arange(store.n_episodes), store.episode_lengths)
+        self.step_task = store.task_ids[step_episode] if store.n_episodes else np.zeros(0, np.int64)
+        self._obs_offsets = np.arange(-n_obs + 1, 1, dtype=np.int64)
+        self._act_offsets = np.arange(horizon, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def indices(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Step indices and pad masks of windows ``rows``: obs (B, n_obs), action (B, H)."""
+        w = self.windows[rows]
+        start, end, cur = w[:, 0:1], w[:, 1:2], w[:, 2:3]
+        obs = cur + self._obs_offsets
+        act = cur + self._act_offsets
+        return {
+            "obs": np.maximum(obs, start), "obs_is_pad": obs < start,
+            "action": np.minimum(act, end - 1), "action_is_pad": act >= end,
+            "current": cur[:, 0],
+        }
+
+    def sample_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        idx = self.indices(rows)
+        batch = {}
+        for key in self.obs_keys:
+            batch[key] = self._gather(key, idx["obs"])
+        batch[self.action_key] = self._gather(self.action_key, idx["action"])
+        batch["obs_is_pad"] = idx["obs_is_pad"]
+        batch["action_is_pad"] = idx["action_is_pad"]
+        batch["task_id"] = self.step_task[idx["current"]]
+        return batch
+
+    def __getitem__(self, row: int) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self.sample_batch(np.array([row])).items()}
+
+    def _gather(self, key: str, steps: np.ndarray) -> np.ndarray:
+        arr = self.arrays[key]
+        if isinstance(arr, np.ndarray):
+            return arr[steps]
+        flat, inverse = np.unique(steps.ravel(), return_inverse=True)
+        frames = arr.get_orthogonal_selection((flat,))
+        return frames[inverse].reshape(steps.shape + frames.shape[1:])

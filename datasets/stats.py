@@ -1,0 +1,46 @@
+"""Per-dimension dataset statistics, computed once and kept in the store's commit record."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .store import DemoStore
+from .writer import EpisodeWriter
+
+STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
+MAX_IMAGE_FRAMES = 512
+
+
+def array_stats(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Statistics over axis 0 of (N, ...) values; each result has shape (...)."""
+    values = np.asarray(values, dtype=np.float64)
+    q01, q99 = np.quantile(values, [0.01, 0.99], axis=0)
+    return {
+        "min": values.min(0), "max": values.max(0), "mean": values.mean(0), "std": values.std(0),
+        "q01": q01, "q99": q99,
+    }
+
+
+def compute_stats(store: DemoStore, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Low-dim keys: over every committed step (action-free episodes left out of ``action``).
+    Image keys: per channel, over up to 512 frames drawn evenly, in [0, 1] units."""
+    stats = {}
+    for key in store.lowdim_keys:
+        values = store.read(key)
+        if key == "action" and not store.has_action.all():
+            keep = np.repeat(store.has_action, store.episode_lengths)
+            values = values[keep]
+        if len(values):
+            stats[key] = array_stats(values)
+    for key in store.image_keys:
+        frames = np.linspace(0, store.n_steps - 1, min(MAX_IMAGE_FRAMES, store.n_steps)).astype(int)
+        pixels = store.array(key).get_orthogonal_selection((np.unique(frames),)) / 255.0
+        stats[key] = array_stats(pixels.reshape(-1, pixels.shape[-1]))
+    return stats
+
+
+def write_store_stats(path: str) -> dict[str, dict[str, np.ndarray]]:
+    """Compute the statistics of a store and save them in it; returns them."""
+    stats = compute_stats(DemoStore.open(path))
+    EpisodeWriter(path).write_stats(stats)
+    return stats

@@ -1,0 +1,5 @@
+"""Simulation environments, scripted experts and rollouts."""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")

@@ -1,0 +1,1 @@
+"""ditpolicy.policies."""
