@@ -21,34 +21,34 @@ DEFAULT_IMAGE_CACHE_BYTES = 4 << 30
 
 
 @njit(cache=True)
+def _last_current_step(start: int, end: int, horizon: int, pad_after: int) -> int:
+    """The last current step of episode [start, end) whose chunk pads at most pad_after steps."""
+    return min(end - 1, end - horizon + pad_after)
+
+
+@njit(cache=True)
 def build_windows(episode_ends: np.ndarray, episode_mask: np.ndarray, horizon: int, pad_after: int) -> np.ndarray:
     """(W, 3) int64 rows of (episode start, episode end, current step), global step indices.
 
     episode_ends: (E,) exclusive ends; episode_mask: (E,) bool, episodes to draw from.
     A current step t is kept when t + horizon - 1 <= end - 1 + pad_after.
     """
+    starts = np.zeros_like(episode_ends)
+    starts[1:] = episode_ends[:-1]
     count = 0
-    start = 0
     for e in range(episode_ends.shape[0]):
-        end = episode_ends[e]
         if episode_mask[e]:
-            last = min(end - 1, end - horizon + pad_after)
-            if last >= start:
-                count += last - start + 1
-        start = end
+            count += max(_last_current_step(starts[e], episode_ends[e], horizon, pad_after) - starts[e] + 1, 0)
     out = np.empty((count, 3), dtype=np.int64)
     row = 0
-    start = 0
     for e in range(episode_ends.shape[0]):
-        end = episode_ends[e]
-        if episode_mask[e]:
-            last = min(end - 1, end - horizon + pad_after)
-            for t in range(start, last + 1):
-                out[row, 0] = start
-                out[row, 1] = end
-                out[row, 2] = t
-                row += 1
-        start = end
+        if not episode_mask[e]:
+            continue
+        for t in range(starts[e], _last_current_step(starts[e], episode_ends[e], horizon, pad_after) + 1):
+            out[row, 0] = starts[e]
+            out[row, 1] = episode_ends[e]
+            out[row, 2] = t
+            row += 1
     return out
 
 

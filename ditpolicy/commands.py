@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -32,16 +36,107 @@ def info(cfg: DictConfig) -> int:
     return 0
 
 
+def train(cfg: DictConfig) -> int:
+    from .policies.train import train as run_train
+
+    checkpoint = run_train(cfg)
+    print(f"checkpoint: {checkpoint.resolve()}")
+    return 0
+
+
+def run_eval(cfg: DictConfig):
+    """Evaluate a checkpoint; writes result.json, success.png and videos. Returns the result."""
+    from .envs.metaworld_tasks import resolve_tasks
+    from .envs.rollout import evaluate, plot_success
+    from .policies.checkpoint import Policy
+    from .policies.train import resolve_device
+
+    if cfg.env.name != "metaworld":
+        raise ValueError(f"env={cfg.env.name!r}: evaluation supports env=metaworld")
+    policy = Policy.from_checkpoint(cfg.checkpoint, device=resolve_device(cfg.device))
+    tasks = resolve_tasks(OmegaConf.to_object(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else cfg.tasks) \
+        if cfg.tasks else policy.spec.tasks
+    ckpt = Path(cfg.checkpoint)
+    out = Path(cfg.out) if cfg.out else (ckpt if (ckpt / "checkpoints").exists() else ckpt.resolve().parent.parent) / "eval"
+    result = evaluate(policy, tasks, episodes=int(cfg.episodes), num_envs=int(cfg.num_envs),
+                      max_episode_steps=int(cfg.env.max_episode_steps), n_action_steps=cfg.n_action_steps,
+                      steps=cfg.steps, seed=int(cfg.seed), video_dir=out / "videos", videos_per_task=int(cfg.videos))
+    out.mkdir(parents=True, exist_ok=True)
+    summary = result.as_dict()
+    summary["checkpoint"] = str(Path(cfg.checkpoint).resolve())
+    summary["sampler_steps"] = cfg.steps or policy.spec.inference_steps
+    (out / "result.json").write_text(json.dumps(summary, indent=2))
+    plot_success(result, out / "success.png", title=f"{Path(cfg.checkpoint).name}: success over {cfg.episodes} episodes/task")
+    print(result.table())
+    print(f"results: {out / 'result.json'}\nplot:    {out / 'success.png'}")
+    for video in result.videos:
+        print(f"video:   {video}")
+    return result, out
+
+
+def eval(cfg: DictConfig) -> int:  # noqa: A001  (the verb's name)
+    run_eval(cfg)
+    return 0
+
+
+def measure_latency(policy, calls: int, steps: int | None = None, threads: int = 2) -> dict[str, float]:
+    """p50/p99 milliseconds of batch-1 ``predict_chunk`` over ``calls`` calls."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    obs = {k: np.zeros(policy.spec.obs_shapes[k], np.uint8 if k in policy.spec.image_keys else np.float32)
+           for k in policy.spec.obs_keys}
+    policy.reset()
+    for _ in range(20):
+        policy.predict_chunk(obs, steps=steps)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        policy.predict_chunk(obs, steps=steps)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)), "calls": calls}
+
+
 def demo(cfg: DictConfig) -> int:
+    import time
+
+    from .cli import compose
     from .datasets import DemoStore
     from .datasets.summary import summarize
     from .envs.collect import collect as run_collect
     from .envs.collect import format_reports
+    from .policies.checkpoint import Policy
+    from .policies.train import train as run_train
 
-    c = cfg.collect
-    print(f"[1/2] collecting {c.episodes} expert episodes per task of {c.task} -> {c.out}")
-    reports = run_collect(task=c.task, episodes=int(c.episodes), out=c.out, seed=int(c.seed), overwrite=True)
-    print(format_reports(reports))
-    print("\n[2/2] dataset summary")
-    print(summarize(DemoStore.open(c.out), with_stats=False))
+    out = Path(cfg.out_dir)
+    store = out / "demos.zarr"
+    started = time.perf_counter()
+    print(f"[1/4] collecting {cfg.episodes} expert episodes per task of {cfg.tasks} -> {store}")
+    print(format_reports(run_collect(task=cfg.tasks, episodes=int(cfg.episodes), out=str(store), seed=int(cfg.seed),
+                                     overwrite=True)))
+    print(summarize(DemoStore.open(store), with_stats=False))
+
+    print(f"\n[2/4] training the default DiT policy on the CPU ({cfg.train.steps} steps)")
+    train_cfg = compose("train", [f"dataset.path={store}", f"run_dir={out / 'run'}", f"train.seed={cfg.seed}"]
+                        + [f"train.{k}={v}" for k, v in cfg.train.items()])
+    checkpoint = run_train(train_cfg)
+
+    print(f"\n[3/4] evaluating {cfg.eval.episodes} episodes per task in Meta-World")
+    eval_cfg = compose("eval", [f"checkpoint={out / 'run'}", f"out={out / 'eval'}", f"seed={cfg.seed}"]
+                       + [f"{k}={v}" for k, v in cfg.eval.items()])
+    result, eval_dir = run_eval(eval_cfg)
+
+    print(f"\n[4/4] inference latency of predict_chunk (batch 1, 2 CPU threads, {cfg.latency_calls} calls)")
+    policy = Policy.from_checkpoint(out / "run", device="cpu")
+    latency = measure_latency(policy, int(cfg.latency_calls))
+    print(f"{policy.spec.inference_steps} denoising steps: p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms")
+    (eval_dir / "latency.json").write_text(json.dumps(latency, indent=2))
+
+    print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} min: mean success {result.mean_success:.3f}")
+    print(f"checkpoint: {checkpoint.resolve()}")
+    print(f"plot:       {eval_dir / 'success.png'}")
+    for video in result.videos:
+        print(f"video:      {video}")
     return 0

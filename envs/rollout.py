@@ -1,0 +1,204 @@
+"""Vectorised policy rollouts in Meta-World with action chunking.
+
+Episodes of a task run in waves over a gymnasium ``SyncVectorEnv`` (autoreset off): every
+env of a wave resets with its own seed, the policy predicts one chunk for all of them in one
+batched call, and the first ``n_action_steps`` actions of each chunk are executed. An episode
+succeeds the first time ``info["success"]`` is true.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .metaworld_env import MetaWorldEnv
+
+EVAL_SEED_BASE = 1_000_000_007  # far from every collection seed
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denom = 1 + z**2 / trials
+    centre = (p + z**2 / (2 * trials)) / denom
+    half = z * np.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class TaskResult:
+    task: str
+    successes: list[bool] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.successes)) if self.successes else 0.0
+
+    def as_dict(self) -> dict:
+        lo, hi = wilson_interval(int(np.sum(self.successes)), len(self.successes))
+        return {"task": self.task, "episodes": len(self.successes), "success_rate": self.success_rate,
+                "ci95": [lo, hi], "mean_length": float(np.mean(self.lengths)) if self.lengths else 0.0}
+
+
+@dataclass
+class EvalResult:
+    tasks: list[TaskResult]
+    chunk_latency_ms: list[float]
+    batch_size: int
+    videos: list[str] = field(default_factory=list)
+
+    @property
+    def mean_success(self) -> float:
+        return float(np.mean([s for t in self.tasks for s in t.successes])) if self.tasks else 0.0
+
+    def as_dict(self) -> dict:
+        n = sum(len(t.successes) for t in self.tasks)
+        k = sum(int(np.sum(t.successes)) for t in self.tasks)
+        lat = np.asarray(self.chunk_latency_ms) if self.chunk_latency_ms else np.zeros(1)
+        return {
+            "mean_success": self.mean_success, "ci95": list(wilson_interval(k, n)), "episodes": n,
+            "mean_task_success": float(np.mean([t.success_rate for t in self.tasks])) if self.tasks else 0.0,
+            "mean_length": float(np.mean([l for t in self.tasks for l in t.lengths])) if n else 0.0,
+            "chunk_latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+                                 "batch_size": self.batch_size, "calls": len(self.chunk_latency_ms)},
+            "tasks": [t.as_dict() for t in self.tasks], "videos": self.videos,
+        }
+
+    def table(self) -> str:
+        lines = [f"{'task':<28} {'success':>8} {'95% CI':>15} {'episodes':>9} {'mean_len':>9}"]
+        for t in self.tasks:
+            d = t.as_dict()
+            lines.append(f"{t.task:<28} {d['success_rate']:>8.3f} {_ci(d):>15} {d['episodes']:>9} {d['mean_length']:>9.1f}")
+        d = self.as_dict()
+        lines.append(f"{'mean':<28} {d['mean_success']:>8.3f} {_ci(d):>15} {d['episodes']:>9} {d['mean_length']:>9.1f}")
+        lat = d["chunk_latency_ms"]
+        lines.append(f"chunk inference latency (batch {lat['batch_size']}): p50 {lat['p50']:.2f} ms, "
+                     f"p99 {lat['p99']:.2f} ms over {lat['calls']} calls")
+        return "\n".join(lines)
+
+
+def _ci(row: dict) -> str:
+    return f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]"
+
+
+def _stack_history(history: list[dict[str, np.ndarray]], keys: list[str], device) -> dict[str, torch.Tensor]:
+    """n_obs dicts of (B, ...) -> key -> (B, n_obs, ...) tensors."""
+    return {k: torch.as_tensor(np.stack([h[k] for h in history], axis=1)).to(device) for k in keys}
+
+
+def run_task(policy, task: str, task_index: int, episodes: int, num_envs: int, max_episode_steps: int,
+             n_action_steps: int, steps: int | None, seed: int, video_dir: Path | None, n_videos: int,
+             latencies: list[float], bar=None) -> tuple[TaskResult, list[str]]:
+    spec = policy.spec
+    cameras = [k[len("rgb_"):] for k in spec.image_keys]
+    image_size = spec.obs_shapes[spec.image_keys[0]][0] if cameras else 84
+    # envs never terminate on success (gymnasium refuses to step a terminated env with autoreset
+    # off); success is tracked here and a wave stops once every active env has succeeded
+    make = partial(MetaWorldEnv, task, cameras=cameras, image_size=image_size, max_episode_steps=max_episode_steps)
+    n_envs = max(1, min(num_envs, episodes))
+    envs = gym.vector.SyncVectorEnv([make] * n_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    task_id = spec.tasks.index(task) if task in spec.tasks else 0
+    result, videos = TaskResult(task), []
+    done_episodes = 0
+    while done_episodes < episodes:
+        wave = min(n_envs, episodes - done_episodes)
+        seeds = [seed + EVAL_SEED_BASE + task_index * 10_007 + done_episodes + i for i in range(n_envs)]
+        obs, _ = envs.reset(seed=seeds)
+        history = [obs] * spec.n_obs
+        success = np.zeros(n_envs, bool)
+        length = np.full(n_envs, max_episode_steps)
+        active = np.arange(n_envs) < wave
+        record = video_dir is not None and len(videos) < n_videos
+        frames = [envs.envs[0].render()] if record else []
+        t = 0
+        while t < max_episode_steps and (active & ~success).any():
+            batch = _stack_history(history, spec.obs_keys, policy.device)
+            ids = torch.full((n_envs,), task_id, dtype=torch.long, device=policy.device)
+            start = time.perf_counter()
+            chunk = policy.predict_action_chunks(batch, ids, steps).cpu().numpy()
+            latencies.append((time.perf_counter() - start) * 1e3)
+            for k in range(min(n_action_steps, spec.horizon)):
+                obs, _, _, truncated, info = envs.step(chunk[:, k])
+                t += 1
+                history = history[1:] + [obs]
+                newly = info["success"].astype(bool) & ~success
+                length[newly] = t
+                success |= newly
+                if record and not success[0]:
+                    frames.append(envs.envs[0].render())
+                if truncated.any() or not (active & ~success).any():
+                    break
+        for i in range(wave):
+            result.successes.append(bool(success[i]))
+            result.lengths.append(int(length[i]))
+        done_episodes += wave
+        if bar is not None:
+            bar.update(wave)
+            bar.set_postfix(task=task, success=f"{result.success_rate:.2f}")
+        if record and frames:
+            path = video_dir / f"{task}_ep{done_episodes - wave:03d}_{'success' if success[0] else 'fail'}.mp4"
+            _write_video(path, frames)
+            videos.append(str(path))
+    envs.close()
+    return result, videos
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(str(path), frames, fps=fps, macro_block_size=8)
+
+
+def evaluate(policy, tasks: list[str], episodes: int = 50, num_envs: int = 10, max_episode_steps: int = 500,
+             n_action_steps: int | None = None, steps: int | None = None, seed: int = 0,
+             video_dir: str | Path | None = None, videos_per_task: int = 1, progress: bool = True) -> EvalResult:
+    """Success of ``policy`` on each task over ``episodes`` seeded episodes."""
+    policy.eval()
+    n_action_steps = n_action_steps or policy.spec.n_action_steps
+    latencies: list[float] = []
+    results, videos = [], []
+    bar = tqdm(total=episodes * len(tasks), desc="eval", unit="ep", disable=not progress)
+    for index, task in enumerate(tasks):
+        result, task_videos = run_task(policy, task, index, episodes, num_envs, max_episode_steps, n_action_steps,
+                                       steps, seed, Path(video_dir) if video_dir else None, videos_per_task,
+                                       latencies, bar)
+        results.append(result)
+        videos += task_videos
+    bar.close()
+    return EvalResult(results, latencies, batch_size=min(num_envs, episodes), videos=videos)
+
+
+def plot_success(result: EvalResult, path: str | Path, title: str = "success rate") -> None:
+    """Bar plot of per-task success with 95% confidence intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [t.as_dict() for t in result.tasks]
+    names = [r["task"].removesuffix("-v3") for r in rows]
+    rates = np.array([r["success_rate"] for r in rows])
+    err = np.array([[r["success_rate"] - r["ci95"][0], r["ci95"][1] - r["success_rate"]] for r in rows]).T
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(rows) + 2), 3.6))
+    ax.bar(names, rates, yerr=err, capsize=4, color="#4C72B0")
+    ax.axhline(result.mean_success, color="#C44E52", linestyle="--", label=f"mean {result.mean_success:.2f}")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

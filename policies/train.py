@@ -1,0 +1,222 @@
+"""The training loop (``ditpolicy train``).
+
+Seeded; AdamW with warm-up + cosine, gradient clipping, EMA weights, bf16/fp16 autocast on
+CUDA; progress bar with loss and samples/s; TensorBoard logs; periodic validation loss,
+rollouts and checkpoints; ``resume=true`` continues from ``<run>/checkpoints/latest`` with
+the same step, optimiser, scheduler, EMA and RNG states.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from ..datasets import DemoStore, Normalizer, SequenceSampler, compute_stats, split_episodes
+from .checkpoint import LATEST, load_train_state, point_latest, save_checkpoint
+from .optim import EMA, make_optimizer, warmup_cosine
+from .policy import DiffusionPolicy, PolicySpec
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def data_fingerprint(store: DemoStore) -> str:
+    """sha256 over the episode boundaries, key shapes and task table of a store."""
+    h = hashlib.sha256(store.episode_ends.tobytes())
+    h.update(json.dumps([store.shapes(), store.tasks], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def build_spec(cfg: DictConfig, store: DemoStore) -> PolicySpec:
+    """The policy spec from the policy config and the shapes and tasks of the store."""
+    obs_keys = list(cfg.dataset.obs_keys)
+    for key in obs_keys + ["action"]:
+        store.array(key)  # names the store and key when absent
+    shapes = store.shapes()
+    return PolicySpec.from_config(
+        OmegaConf.to_container(cfg.policy, resolve=True), {k: list(shapes[k][0]) for k in obs_keys},
+        [k for k in obs_keys if k in store.image_keys], shapes["action"][0][0], store.tasks)
+
+
+def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        t = cfg.train
+        self.device = resolve_device(t.device)
+        if t.num_threads > 0:
+            torch.set_num_threads(int(t.num_threads))
+        torch.manual_seed(int(t.seed))
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.store = DemoStore.open(cfg.dataset.path)
+        stats = self.store.stats or compute_stats(self.store)
+        train_mask, val_mask = split_episodes(self.store.n_episodes, float(cfg.dataset.val_fraction), int(t.seed))
+        self.spec = build_spec(cfg, self.store)
+        sampler_args = dict(obs_keys=self.spec.obs_keys, n_obs=self.spec.n_obs, horizon=self.spec.horizon,
+                            image_cache_bytes=int(float(cfg.dataset.image_cache_gb) * (1 << 30)))
+        self.train_sampler = SequenceSampler(self.store, episode_mask=train_mask, **sampler_args)
+        self.val_sampler = SequenceSampler(self.store, episode_mask=val_mask, **sampler_args) if val_mask.any() else None
+        if len(self.train_sampler) == 0:
+            raise ValueError(f"store {self.store.path}: no training windows (no episodes with actions?)")
+        normalizer = Normalizer.from_stats(stats, self.spec.normalize)
+        self.policy = DiffusionPolicy(self.spec, normalizer).to(self.device)
+        self.ema = EMA(self.policy, float(t.ema_decay))
+        self.optimizer = make_optimizer(self.policy, float(t.lr), float(t.weight_decay), tuple(t.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(int(t.warmup_steps), int(t.steps), float(t.min_lr_ratio)))
+        self.rng = np.random.default_rng(int(t.seed))
+        self.step = 0
+        self.autocast = self._autocast_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
+        if cfg.resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ state
+    def _autocast_dtype(self):
+        precision = self.cfg.train.precision
+        if self.device.type != "cuda" or precision == "fp32":
+            return None
+        if precision in ("auto", "bf16"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16
+
+    def _resume(self) -> None:
+        latest = self.ckpt_dir / LATEST
+        if not latest.exists():
+            print(f"resume: no checkpoint under {self.ckpt_dir}, starting from step 0")
+            return
+        model_state, info, ema_state = load_train_state(latest)
+        self.policy.load_state_dict(model_state)
+        self.ema.state = {k: v.to(self.device) for k, v in ema_state.items()}
+        self.ema.updates = int(info["ema_updates"])
+        self.optimizer.load_state_dict(info["optimizer"])
+        self.scheduler.load_state_dict(info["scheduler"])
+        self.rng.bit_generator.state = info["numpy_rng"]
+        torch.set_rng_state(info["torch_rng"])
+        self.step = int(info["step"])
+        print(f"resumed from {latest.resolve().name} at step {self.step}")
+
+    def save(self) -> Path:
+        train_state = {
+            "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "ema_updates": self.ema.updates,
+        }
+        meta = {"step": self.step, "data": {"store": str(self.store.path), "fingerprint": data_fingerprint(self.store),
+                                            "episodes": self.store.n_episodes, "steps": self.store.n_steps}}
+        target = save_checkpoint(self.ckpt_dir / f"step_{self.step:07d}", self.policy, self.ema.state, self.cfg, meta,
+                                 train_state)
+        point_latest(self.ckpt_dir, target, keep_last=int(self.cfg.train.keep_checkpoints))
+        return target
+
+    def ema_policy(self) -> DiffusionPolicy:
+        policy = copy.deepcopy(self.policy)
+        policy.load_state_dict(self.ema.state)
+        return policy.eval()
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self) -> dict[str, float]:
+        t = self.cfg.train
+        rows = self.rng.integers(0, len(self.train_sampler), int(t.batch_size))
+        batch = to_torch(self.train_sampler.sample_batch(rows), self.device)
+        self.policy.train()
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            loss, logs = self.policy.compute_loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), float(t.grad_clip)))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update(self.policy)
+        self.step += 1
+        logs["lr"] = self.scheduler.get_last_lr()[0]
+        return logs
+
+    @torch.no_grad()
+    def validation_loss(self, batches: int = 8) -> float | None:
+        if self.val_sampler is None or len(self.val_sampler) == 0:
+            return None
+        policy = self.ema_policy()
+        gen = np.random.default_rng(12345)
+        cpu_rng = torch.get_rng_state()
+        torch.manual_seed(12345)
+        losses = []
+        for _ in range(batches):
+            rows = gen.integers(0, len(self.val_sampler), int(self.cfg.train.batch_size))
+            losses.append(float(policy.compute_loss(to_torch(self.val_sampler.sample_batch(rows), self.device))[0]))
+        torch.set_rng_state(cpu_rng)  # validation must not shift the training RNG stream
+        return float(np.mean(losses))
+
+    def rollout(self) -> dict | None:
+        r = self.cfg.train.rollout
+        if int(r.episodes) <= 0:
+            return None
+        from ..envs.rollout import evaluate
+
+        cpu_rng = torch.get_rng_state()
+        result = evaluate(self.ema_policy(), self.spec.tasks, episodes=int(r.episodes), num_envs=int(r.num_envs),
+                          max_episode_steps=int(self.cfg.env.max_episode_steps), progress=False)
+        torch.set_rng_state(cpu_rng)
+        return result
+
+    def run(self) -> Path:
+        t = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.cfg, self.run_dir / "config.yaml")
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(self.run_dir / "tb"))
+        total = int(t.steps)
+        n_params = sum(p.numel() for p in self.policy.parameters())
+        print(f"training {n_params / 1e6:.2f} M parameters on {self.device}: {len(self.train_sampler)} windows, "
+              f"{total} steps of batch {t.batch_size} -> {self.run_dir}")
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not t.progress)
+        window_start, window_samples = time.perf_counter(), 0
+        while self.step < total:
+            logs = self.train_step()
+            window_samples += int(t.batch_size)
+            bar.update(1)
+            if self.step % int(t.log_every) == 0 or self.step == total:
+                rate = window_samples / (time.perf_counter() - window_start)
+                window_start, window_samples = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", samples_s=f"{rate:,.0f}")
+                for k, v in logs.items():
+                    tb.add_scalar(f"train/{k}", v, self.step)
+                tb.add_scalar("train/samples_per_s", rate, self.step)
+            if int(t.val_every) > 0 and (self.step % int(t.val_every) == 0 or self.step == total):
+                val = self.validation_loss()
+                if val is not None:
+                    tb.add_scalar("val/loss", val, self.step)
+                    bar.write(f"step {self.step}: validation loss {val:.4f}")
+            if int(t.rollout.every) > 0 and self.step % int(t.rollout.every) == 0:
+                result = self.rollout()
+                if result:
+                    tb.add_scalar("rollout/success", result.mean_success, self.step)
+                    bar.write(f"step {self.step}: rollout success {result.mean_success:.3f}")
+            if self.step % int(t.save_every) == 0 or self.step == total:
+                self.save()
+        bar.close()
+        tb.close()
+        return self.ckpt_dir / LATEST
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train from a composed config; returns the path of the last checkpoint."""
+    return Trainer(cfg).run()
