@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
+
+# run as a script, this file's folder comes first on sys.path and its name would hide the
+# metaworld package
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 from ditpolicy.cli import compose
 from ditpolicy.datasets import DemoStore
@@ -37,6 +43,7 @@ def main() -> None:
     parser.add_argument("--sampler-steps", type=int, default=None)
     parser.add_argument("--out", default=None, help="default: outputs/bench/metaworld_<obs>")
     parser.add_argument("--train", nargs="*", default=[], help="extra train config overrides")
+    parser.add_argument("--reuse", action="store_true", help="evaluate the finished run in --out without training")
     args = parser.parse_args()
 
     tasks = resolve_tasks(args.tasks or ("MT10" if args.obs == "state" else "reach,push,drawer-close"))
@@ -50,10 +57,13 @@ def main() -> None:
     cfg = compose("train", [f"dataset.path={store_path}", f"run_dir={out / 'run'}", f"dataset.obs_keys={obs_keys}",
                             f"train.steps={args.steps}", f"train.batch_size={args.batch}",
                             f"train.save_every={max(args.steps // 4, 1)}", *args.train])
-    trainer = Trainer(cfg)
-    start = time.perf_counter()
-    trainer.run()
-    train_seconds = time.perf_counter() - start
+    timing_file = out / "train_timing.json"
+    if not (args.reuse and timing_file.exists()):
+        trainer = Trainer(cfg)
+        start = time.perf_counter()
+        trainer.run()
+        timing_file.write_text(json.dumps({"train_seconds": time.perf_counter() - start}))
+    train_seconds = json.loads(timing_file.read_text())["train_seconds"]
     samples_per_s = args.steps * args.batch / train_seconds
 
     policy = Policy.from_checkpoint(out / "run", device="cpu")

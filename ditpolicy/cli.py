@@ -32,6 +32,16 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _slug(value) -> str:
+    """``${slug:${task}}``: a file-name-safe form of a task name or list (reach-v3,push -> reach+push)."""
+    items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+    return "+".join(str(item).removesuffix("-v3") for item in items)
+
+
+if not OmegaConf.has_resolver("slug"):
+    OmegaConf.register_new_resolver("slug", _slug)
+
+
 def compose(verb: str, overrides: list[str]) -> DictConfig:
     """The verb's config from ``ditpolicy.configs`` with command-line overrides applied."""
     from hydra import compose as hydra_compose
@@ -69,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ditpolicy {verb}: {VERBS[verb][0]}\n\nconfiguration (override with key=value):\n")
         print(OmegaConf.to_yaml(cfg))
         return 0
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        needed = " ".join(f"{key}=..." for key in missing)
+        print(f"ditpolicy {verb}: missing required setting(s) {', '.join(missing)}; pass {needed}", file=sys.stderr)
+        return 2
     module_name, func_name = VERBS[verb][1].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:

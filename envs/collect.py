@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..datasets import EpisodeWriter
 from ..datasets.stats import write_store_stats
+from ..progress import progress_bar
 from .metaworld_env import MetaWorldEnv
 from .metaworld_tasks import resolve_tasks
 
@@ -80,7 +80,7 @@ def collect(
     tasks = resolve_tasks(task)
     writer = EpisodeWriter(out, overwrite=overwrite)
     reports = []
-    bar = tqdm(total=episodes * len(tasks), desc="collect", unit="ep", disable=not progress)
+    bar = progress_bar(total=episodes * len(tasks), desc="collect", unit="ep", disable=not progress)
     for task_index, name in enumerate(tasks):
         env = MetaWorldEnv(name, cameras=cameras, image_size=image_size, max_episode_steps=max_episode_steps)
         expert = make_expert(name)
@@ -97,7 +97,7 @@ def collect(
                 report.kept += 1
                 report.lengths.append(len(data["action"]))
                 bar.update(1)
-            bar.set_postfix(task=name, rate=f"{report.success_rate:.2f}")
+            bar.set_postfix(task=name, rate=f"{report.success_rate:.2f}", refresh=False)
         env.close()
         reports.append(report)
     bar.close()

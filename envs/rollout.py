@@ -16,8 +16,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from .metaworld_env import MetaWorldEnv
 
 EVAL_SEED_BASE = 1_000_000_007  # far from every collection seed
@@ -144,7 +144,7 @@ def run_task(policy, task: str, task_index: int, episodes: int, num_envs: int, m
         done_episodes += wave
         if bar is not None:
             bar.update(wave)
-            bar.set_postfix(task=task, success=f"{result.success_rate:.2f}")
+            bar.set_postfix(task=task, success=f"{result.success_rate:.2f}", refresh=False)
         if record and frames:
             path = video_dir / f"{task}_ep{done_episodes - wave:03d}_{'success' if success[0] else 'fail'}.mp4"
             _write_video(path, frames)
@@ -168,7 +168,7 @@ def evaluate(policy, tasks: list[str], episodes: int = 50, num_envs: int = 10, m
     n_action_steps = n_action_steps or policy.spec.n_action_steps
     latencies: list[float] = []
     results, videos = [], []
-    bar = tqdm(total=episodes * len(tasks), desc="eval", unit="ep", disable=not progress)
+    bar = progress_bar(total=episodes * len(tasks), desc="eval", unit="ep", disable=not progress)
     for index, task in enumerate(tasks):
         result, task_videos = run_task(policy, task, index, episodes, num_envs, max_episode_steps, n_action_steps,
                                        steps, seed, Path(video_dir) if video_dir else None, videos_per_task,

@@ -40,7 +40,7 @@ class PolicySpec:
     process: dict = field(default_factory=lambda: {"name": "flow"})
     inference_steps: int = 10          # default only; every predict call may choose its own
     dit: dict = field(default_factory=dict)
-    image_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    image_widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     normalize: dict[str, str] = field(default_factory=dict)  # key -> normaliser mode
 
     def to_dict(self) -> dict:

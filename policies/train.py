@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from ..datasets import DemoStore, Normalizer, SequenceSampler, compute_stats, split_episodes
+from ..progress import progress_bar
 from .checkpoint import LATEST, load_train_state, point_latest, save_checkpoint
 from .optim import EMA, make_optimizer, warmup_cosine
 from .policy import DiffusionPolicy, PolicySpec
@@ -187,7 +187,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.policy.parameters())
         print(f"training {n_params / 1e6:.2f} M parameters on {self.device}: {len(self.train_sampler)} windows, "
               f"{total} steps of batch {t.batch_size} -> {self.run_dir}")
-        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not t.progress)
+        bar = progress_bar(total=total, initial=self.step, desc="train", unit="step", disable=not t.progress)
         window_start, window_samples = time.perf_counter(), 0
         while self.step < total:
             logs = self.train_step()
@@ -196,7 +196,7 @@ class Trainer:
             if self.step % int(t.log_every) == 0 or self.step == total:
                 rate = window_samples / (time.perf_counter() - window_start)
                 window_start, window_samples = time.perf_counter(), 0
-                bar.set_postfix(loss=f"{logs['loss']:.4f}", samples_s=f"{rate:,.0f}")
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
                 for k, v in logs.items():
                     tb.add_scalar(f"train/{k}", v, self.step)
                 tb.add_scalar("train/samples_per_s", rate, self.step)

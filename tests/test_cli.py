@@ -11,7 +11,7 @@ def run(*args):
 def test_help_lists_the_verbs():
     out = run("--help")
     assert out.returncode == 0
-    for verb in ("collect", "info", "demo"):
+    for verb in ("collect", "info", "train", "eval", "demo"):
         assert f"  {verb}" in out.stdout
 
 
@@ -20,6 +20,10 @@ def test_unknown_verb_and_bad_override_fail_clearly():
     assert out.returncode == 2 and "unknown verb 'trian'" in out.stderr
     out = run("collect", "epsiodes=3")
     assert out.returncode == 2 and "epsiodes" in out.stderr
+    out = run("eval")
+    assert out.returncode == 2 and "missing required setting(s) checkpoint; pass checkpoint=..." in out.stderr
+    out = run("train")
+    assert out.returncode == 2 and "dataset.path" in out.stderr
 
 
 def test_collect_then_info(tmp_path):
