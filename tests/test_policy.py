@@ -28,8 +28,8 @@ def make_trainer(store, run_dir, *extra):
 @pytest.mark.parametrize("process", ["flow", "ddpm"])
 def test_loss_decreases_on_a_tiny_store(store, tmp_path, process):
     trainer = make_trainer(store, tmp_path / "run", "train.steps=150", "train.save_every=1000",
-                           f"policy.process.name={process}",
-                           *(["~policy.process.solver", "+policy.process.prediction=epsilon"] if process == "ddpm" else []))
+                           f"policy/process={process}")
+    assert trainer.policy.process.name == process
     losses = [trainer.train_step()["loss"] for _ in range(150)]
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
 
