@@ -1,5 +1,5 @@
-"""Inference latency of ``predict_chunk`` at batch 1 on the CPU, for several denoising step
-counts and inference modes (eager, traced). Prints a table and writes JSON.
+"""Chunk inference latency at batch 1 on the CPU through the control API's executor, for
+several denoising step counts and inference modes (eager, traced). Prints a table and writes JSON.
 
     python bench/latency.py                                  # the default policy, untrained weights
     python bench/latency.py --checkpoint outputs/demo/run --threads 2 --calls 500
@@ -12,38 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from ditpolicy.cli import compose
+from ditpolicy.config import policy_config
 from ditpolicy.datasets import Normalizer
 from ditpolicy.datasets.stats import array_stats
-from ditpolicy.policies.checkpoint import Policy
-from ditpolicy.policies.policy import DiffusionPolicy, PolicySpec
+from ditpolicy.policies import DiffusionPolicy, Policy, PolicySpec
+from ditpolicy.policies.latency import measure_chunk_latency
 
 
 def default_policy() -> DiffusionPolicy:
-    policy_cfg = OmegaConf.to_container(compose("train", ["dataset.path=unused"]).policy, resolve=True)
-    spec = PolicySpec.from_config(policy_cfg, {"state": [39]}, [], 4, [f"task{i}" for i in range(10)])
+    spec = PolicySpec.from_config(policy_config(), {"state": [39]}, [], 4, [f"task{i}" for i in range(10)])
     rng = np.random.default_rng(0)
     stats = {"state": array_stats(rng.normal(size=(100, 39))), "action": array_stats(rng.uniform(-1, 1, (100, 4)))}
     return DiffusionPolicy(spec, Normalizer.from_stats(stats, spec.normalize)).eval()
-
-
-def time_calls(policy, obs, steps: int, calls: int) -> np.ndarray:
-    policy.reset()
-    for _ in range(30):  # warm-up (and trace building)
-        policy.predict_chunk(obs, steps=steps)
-    out = np.empty(calls)
-    for i in range(calls):
-        start = time.perf_counter()
-        policy.predict_chunk(obs, steps=steps)
-        out[i] = (time.perf_counter() - start) * 1e3
-    return out
 
 
 def main() -> None:
@@ -59,16 +44,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     policy = Policy.from_checkpoint(args.checkpoint, device="cpu") if args.checkpoint else default_policy()
     spec = policy.spec
-    obs = {k: np.zeros(spec.obs_shapes[k], np.uint8 if k in spec.image_keys else np.float32) for k in spec.obs_keys}
     n_params = sum(p.numel() for p in policy.parameters())
     rows = []
     for mode in args.modes:
         policy.set_inference_mode(mode)
         for steps in args.steps:
-            t = time_calls(policy, obs, steps, args.calls)
+            t = measure_chunk_latency(policy, args.calls, steps, warmup=30)
             rows.append({"mode": mode, "steps": steps, "p50_ms": float(np.percentile(t, 50)),
                          "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "calls": args.calls})
-    print(f"predict_chunk latency, batch 1, {args.threads} CPU threads, {n_params / 1e6:.2f} M params, "
+    print(f"chunk latency (control executor), batch 1, {args.threads} CPU threads, {n_params / 1e6:.2f} M params, "
           f"H={spec.horizon}, obs={spec.obs_keys}, {args.calls} calls each")
     print(f"{'mode':<7} {'steps':>5} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for r in rows:

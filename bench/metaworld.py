@@ -3,7 +3,7 @@ budget, evaluate every task, print the per-task table and write JSON.
 
     python bench/metaworld.py                                # MT10 from state, 50 demos/task
     python bench/metaworld.py --obs image --tasks reach,push,drawer-close --steps 4000
-    python bench/metaworld.py --train train.batch_size=256 policy.dit.n_layers=6   # any train override
+    python bench/metaworld.py --train train.batch_size=256 policy.denoiser.n_layers=6   # any train override
 
 State runs read the 39-D state; image runs read one 84x84 camera (corner) plus the 4-D
 proprioception. Stores are reused when present.
@@ -22,12 +22,12 @@ from pathlib import Path
 # metaworld package
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from ditpolicy.cli import compose
+from ditpolicy.config import compose
 from ditpolicy.datasets import DemoStore
 from ditpolicy.envs.collect import collect, format_reports
 from ditpolicy.envs.metaworld_tasks import resolve_tasks
 from ditpolicy.envs.rollout import evaluate, plot_success
-from ditpolicy.policies.checkpoint import Policy
+from ditpolicy.policies import Policy
 from ditpolicy.policies.train import Trainer
 
 

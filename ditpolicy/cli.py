@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import sys
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from .config import compose
 
 # verb -> (one-line help, "module:function" taking the composed config)
 VERBS: dict[str, tuple[str, str]] = {
@@ -30,25 +32,6 @@ def usage() -> str:
     ]
     lines += [f"  {verb:<10} {text}" for verb, (text, _) in VERBS.items()]
     return "\n".join(lines)
-
-
-def _slug(value) -> str:
-    """``${slug:${task}}``: a file-name-safe form of a task name or list (reach-v3,push -> reach+push)."""
-    items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
-    return "+".join(str(item).removesuffix("-v3") for item in items)
-
-
-if not OmegaConf.has_resolver("slug"):
-    OmegaConf.register_new_resolver("slug", _slug)
-
-
-def compose(verb: str, overrides: list[str]) -> DictConfig:
-    """The verb's config from ``ditpolicy.configs`` with command-line overrides applied."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    with initialize_config_module(config_module="ditpolicy.configs", version_base="1.3"):
-        return hydra_compose(config_name=verb, overrides=overrides)
 
 
 def _positional_to_overrides(verb: str, args: list[str]) -> list[str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from .settings import integer, positive_int
+
 
 def collect(cfg: DictConfig) -> int:
     from .envs.collect import collect as run_collect
@@ -48,23 +50,27 @@ def run_eval(cfg: DictConfig):
     """Evaluate a checkpoint; writes result.json, success.png and videos. Returns the result."""
     from .envs.metaworld_tasks import resolve_tasks
     from .envs.rollout import evaluate, plot_success
-    from .policies.checkpoint import Policy
+    from .policies import Policy
     from .policies.train import resolve_device
 
     if cfg.env.name != "metaworld":
         raise ValueError(f"env={cfg.env.name!r}: evaluation supports env=metaworld")
+    episodes, num_envs = positive_int(cfg, "episodes"), positive_int(cfg, "num_envs")
+    max_steps, videos, seed = positive_int(cfg, "env.max_episode_steps"), integer(cfg, "videos", 0), integer(cfg, "seed")
+    steps = None if cfg.steps is None else positive_int(cfg, "steps")
+    n_action_steps = None if cfg.n_action_steps is None else positive_int(cfg, "n_action_steps")
     policy = Policy.from_checkpoint(cfg.checkpoint, device=resolve_device(cfg.device))
     tasks = resolve_tasks(OmegaConf.to_object(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else cfg.tasks) \
         if cfg.tasks else policy.spec.tasks
     ckpt = Path(cfg.checkpoint)
     out = Path(cfg.out) if cfg.out else (ckpt if (ckpt / "checkpoints").exists() else ckpt.resolve().parent.parent) / "eval"
-    result = evaluate(policy, tasks, episodes=int(cfg.episodes), num_envs=int(cfg.num_envs),
-                      max_episode_steps=int(cfg.env.max_episode_steps), n_action_steps=cfg.n_action_steps,
-                      steps=cfg.steps, seed=int(cfg.seed), video_dir=out / "videos", videos_per_task=int(cfg.videos))
+    result = evaluate(policy, tasks, episodes=episodes, num_envs=num_envs, max_episode_steps=max_steps,
+                      n_action_steps=n_action_steps, steps=steps, seed=seed, video_dir=out / "videos",
+                      videos_per_task=videos)
     out.mkdir(parents=True, exist_ok=True)
     summary = result.as_dict()
     summary["checkpoint"] = str(Path(cfg.checkpoint).resolve())
-    summary["sampler_steps"] = cfg.steps or policy.spec.inference_steps
+    summary["sampler_steps"] = steps or policy.spec.inference_steps
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     plot_success(result, out / "success.png", title=f"{Path(cfg.checkpoint).name}: success over {cfg.episodes} episodes/task")
     print(result.table())
@@ -79,35 +85,16 @@ def eval(cfg: DictConfig) -> int:  # noqa: A001  (the verb's name)
     return 0
 
 
-def measure_latency(policy, calls: int, steps: int | None = None, threads: int = 2) -> dict[str, float]:
-    """p50/p99 milliseconds of batch-1 ``predict_chunk`` over ``calls`` calls."""
-    import time
-
-    import torch
-
-    torch.set_num_threads(threads)
-    obs = {k: np.zeros(policy.spec.obs_shapes[k], np.uint8 if k in policy.spec.image_keys else np.float32)
-           for k in policy.spec.obs_keys}
-    policy.reset()
-    for _ in range(20):
-        policy.predict_chunk(obs, steps=steps)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        policy.predict_chunk(obs, steps=steps)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)), "calls": calls}
-
-
 def demo(cfg: DictConfig) -> int:
     import time
 
-    from .cli import compose
+    from .config import compose
     from .datasets import DemoStore
     from .datasets.summary import summarize
     from .envs.collect import collect as run_collect
     from .envs.collect import format_reports
-    from .policies.checkpoint import Policy
+    from .policies import Policy
+    from .policies.latency import measure_chunk_latency
     from .policies.train import train as run_train
 
     out = Path(cfg.out_dir)
@@ -130,7 +117,9 @@ def demo(cfg: DictConfig) -> int:
 
     print(f"\n[4/4] inference latency of predict_chunk (batch 1, 2 CPU threads, {cfg.latency_calls} calls)")
     policy = Policy.from_checkpoint(out / "run", device="cpu")
-    latency = measure_latency(policy, int(cfg.latency_calls))
+    times = measure_chunk_latency(policy, int(cfg.latency_calls), threads=2)
+    latency = {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+               "calls": len(times)}
     print(f"{policy.spec.inference_steps} denoising steps: p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms")
     (eval_dir / "latency.json").write_text(json.dumps(latency, indent=2))
 

@@ -1,22 +1,24 @@
 """Vectorised policy rollouts in Meta-World with action chunking.
 
 Episodes of a task run in waves over a gymnasium ``SyncVectorEnv`` (autoreset off): every
-env of a wave resets with its own seed, the policy predicts one chunk for all of them in one
-batched call, and the first ``n_action_steps`` actions of each chunk are executed. An episode
-succeeds the first time ``info["success"]`` is true.
+env of a wave resets with its own seed and a ``ChunkExecutor`` (policies/control.py) drives
+all of them: it observes every step, predicts one chunk for all envs in one batched call when
+its queue is empty, and executes the first ``n_action_steps`` actions of each chunk, so the
+policy sees consecutive observations as in training. An episode succeeds the first time
+``info["success"]`` is true. Chunk latency excludes the first call at each batch size, which
+builds the traced graphs; that warm-up is reported on its own.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
 
+from ..policies.control import ChunkExecutor
 from ..progress import progress_bar
 from .metaworld_env import MetaWorldEnv
 
@@ -56,6 +58,7 @@ class EvalResult:
     chunk_latency_ms: list[float]
     batch_size: int
     videos: list[str] = field(default_factory=list)
+    warmup_ms: list[float] = field(default_factory=list)   # first chunk at each batch size (graph building)
 
     @property
     def mean_success(self) -> float:
@@ -70,7 +73,8 @@ class EvalResult:
             "mean_task_success": float(np.mean([t.success_rate for t in self.tasks])) if self.tasks else 0.0,
             "mean_length": float(np.mean([l for t in self.tasks for l in t.lengths])) if n else 0.0,
             "chunk_latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-                                 "batch_size": self.batch_size, "calls": len(self.chunk_latency_ms)},
+                                 "batch_size": self.batch_size, "calls": len(self.chunk_latency_ms),
+                                 "warmup_ms": [float(w) for w in self.warmup_ms]},
             "tasks": [t.as_dict() for t in self.tasks], "videos": self.videos,
         }
 
@@ -82,8 +86,9 @@ class EvalResult:
         d = self.as_dict()
         lines.append(f"{'mean':<28} {d['mean_success']:>8.3f} {_ci(d):>15} {d['episodes']:>9} {d['mean_length']:>9.1f}")
         lat = d["chunk_latency_ms"]
+        warmup = f"; warm-up (graph building) {max(self.warmup_ms):.0f} ms, not counted" if self.warmup_ms else ""
         lines.append(f"chunk inference latency (batch {lat['batch_size']}): p50 {lat['p50']:.2f} ms, "
-                     f"p99 {lat['p99']:.2f} ms over {lat['calls']} calls")
+                     f"p99 {lat['p99']:.2f} ms over {lat['calls']} calls{warmup}")
         return "\n".join(lines)
 
 
@@ -91,30 +96,26 @@ def _ci(row: dict) -> str:
     return f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]"
 
 
-def _stack_history(history: list[dict[str, np.ndarray]], keys: list[str], device) -> dict[str, torch.Tensor]:
-    """n_obs dicts of (B, ...) -> key -> (B, n_obs, ...) tensors."""
-    return {k: torch.as_tensor(np.stack([h[k] for h in history], axis=1)).to(device) for k in keys}
-
-
-def run_task(policy, task: str, task_index: int, episodes: int, num_envs: int, max_episode_steps: int,
-             n_action_steps: int, steps: int | None, seed: int, video_dir: Path | None, n_videos: int,
-             latencies: list[float], bar=None) -> tuple[TaskResult, list[str]]:
+def run_task(policy, task: str, task_index: int, episodes: int, max_episode_steps: int, executor: ChunkExecutor,
+             seed: int, video_dir: Path | None, n_videos: int, bar=None) -> tuple[TaskResult, list[str]]:
+    """``episodes`` seeded episodes of one task, ``executor.batch_size`` envs at a time."""
     spec = policy.spec
     cameras = [k[len("rgb_"):] for k in spec.image_keys]
     image_size = spec.obs_shapes[spec.image_keys[0]][0] if cameras else 84
     # envs never terminate on success (gymnasium refuses to step a terminated env with autoreset
     # off); success is tracked here and a wave stops once every active env has succeeded
     make = partial(MetaWorldEnv, task, cameras=cameras, image_size=image_size, max_episode_steps=max_episode_steps)
-    n_envs = max(1, min(num_envs, episodes))
+    n_envs = executor.batch_size
     envs = gym.vector.SyncVectorEnv([make] * n_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-    task_id = spec.tasks.index(task) if task in spec.tasks else 0
+    goal = policy.goal_inputs(spec.tasks.index(task) if task in spec.tasks else 0, n_envs)
     result, videos = TaskResult(task), []
     done_episodes = 0
     while done_episodes < episodes:
         wave = min(n_envs, episodes - done_episodes)
         seeds = [seed + EVAL_SEED_BASE + task_index * 10_007 + done_episodes + i for i in range(n_envs)]
         obs, _ = envs.reset(seed=seeds)
-        history = [obs] * spec.n_obs
+        executor.reset(goal)
+        executor.observe(obs)
         success = np.zeros(n_envs, bool)
         length = np.full(n_envs, max_episode_steps)
         active = np.arange(n_envs) < wave
@@ -122,22 +123,16 @@ def run_task(policy, task: str, task_index: int, episodes: int, num_envs: int, m
         frames = [envs.envs[0].render()] if record else []
         t = 0
         while t < max_episode_steps and (active & ~success).any():
-            batch = _stack_history(history, spec.obs_keys, policy.device)
-            ids = torch.full((n_envs,), task_id, dtype=torch.long, device=policy.device)
-            start = time.perf_counter()
-            chunk = policy.predict_action_chunks(batch, ids, steps).cpu().numpy()
-            latencies.append((time.perf_counter() - start) * 1e3)
-            for k in range(min(n_action_steps, spec.horizon)):
-                obs, _, _, truncated, info = envs.step(chunk[:, k])
-                t += 1
-                history = history[1:] + [obs]
-                newly = info["success"].astype(bool) & ~success
-                length[newly] = t
-                success |= newly
-                if record and not success[0]:
-                    frames.append(envs.envs[0].render())
-                if truncated.any() or not (active & ~success).any():
-                    break
+            obs, _, _, truncated, info = envs.step(executor.act())
+            executor.observe(obs)
+            t += 1
+            newly = info["success"].astype(bool) & ~success
+            length[newly] = t
+            success |= newly
+            if record and not success[0]:
+                frames.append(envs.envs[0].render())
+            if truncated.any():
+                break
         for i in range(wave):
             result.successes.append(bool(success[i]))
             result.lengths.append(int(length[i]))
@@ -165,18 +160,18 @@ def evaluate(policy, tasks: list[str], episodes: int = 50, num_envs: int = 10, m
              video_dir: str | Path | None = None, videos_per_task: int = 1, progress: bool = True) -> EvalResult:
     """Success of ``policy`` on each task over ``episodes`` seeded episodes."""
     policy.eval()
-    n_action_steps = n_action_steps or policy.spec.n_action_steps
-    latencies: list[float] = []
+    executor = ChunkExecutor(policy, batch_size=max(1, min(num_envs, episodes)), n_action_steps=n_action_steps,
+                             steps=steps)
     results, videos = [], []
     bar = progress_bar(total=episodes * len(tasks), desc="eval", unit="ep", disable=not progress)
     for index, task in enumerate(tasks):
-        result, task_videos = run_task(policy, task, index, episodes, num_envs, max_episode_steps, n_action_steps,
-                                       steps, seed, Path(video_dir) if video_dir else None, videos_per_task,
-                                       latencies, bar)
+        result, task_videos = run_task(policy, task, index, episodes, max_episode_steps, executor, seed,
+                                       Path(video_dir) if video_dir else None, videos_per_task, bar)
         results.append(result)
         videos += task_videos
     bar.close()
-    return EvalResult(results, latencies, batch_size=min(num_envs, episodes), videos=videos)
+    return EvalResult(results, executor.latencies_ms, batch_size=executor.batch_size, videos=videos,
+                      warmup_ms=executor.warmup_ms)
 
 
 def plot_success(result: EvalResult, path: str | Path, title: str = "success rate") -> None:

@@ -1,6 +1,14 @@
-"""Diffusion-transformer policies: DiT denoiser, denoising processes, training, checkpoints."""
+"""Diffusion-transformer policies: denoiser families, denoising processes, training, checkpoints."""
 
-from .checkpoint import CheckpointError, Policy, load_policy
-from .policy import DiffusionPolicy, PolicySpec
+from .checkpoint import CheckpointError
+from .control import ChunkExecutor, ObservationError
+from .denoiser import DENOISERS, Denoiser
+from .dit import DiTDenoiser
+from .policy import DiffusionPolicy
+from .processes import PROCESSES
+from .spec import PolicySpec
 
-__all__ = ["CheckpointError", "DiffusionPolicy", "Policy", "PolicySpec", "load_policy"]
+Policy = DiffusionPolicy  # ``Policy.from_checkpoint(dir)``: the one loading entry point
+
+__all__ = ["CheckpointError", "ChunkExecutor", "DENOISERS", "Denoiser", "DiTDenoiser", "DiffusionPolicy",
+           "ObservationError", "PROCESSES", "Policy", "PolicySpec"]

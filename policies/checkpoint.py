@@ -4,12 +4,14 @@
     model.safetensors         raw weights
     ema.safetensors           EMA weights (what ``from_checkpoint`` loads by default)
     normalizer.safetensors    per-key scale and offset
-    meta.json                 versions, policy type, step, data fingerprint
+    meta.json                 versions, policy type, denoiser family, step, data fingerprint
     train_state.safetensors   optimiser moments and torch RNG state   (for resume)
     train_state.json          step, optimiser groups, scheduler, numpy RNG, EMA count
 
 Training writes ``<run>/checkpoints/step_NNNNNNN`` into a temporary directory, renames it into
-place, then swaps the ``latest`` symlink with an atomic replace.
+place, then swaps the ``latest`` symlink with an atomic replace; temporary directories left
+by a run killed while saving are removed by the next save. Loading checks every file it
+reads and names it in every error; ``DiffusionPolicy.from_checkpoint`` is the entry point.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from ..datasets import Normalizer
-from .policy import POLICY_TYPE, DiffusionPolicy, PolicySpec
+from .denoiser import DENOISERS
+from .legacy import LEGACY_POLICY_TYPE, is_legacy_spec, upgrade_spec, upgrade_state
+from .policy import DiffusionPolicy
+from .spec import PolicySpec
+
+POLICY_TYPE = "diffusion"
 
 REQUIRED_FILES = ("config.yaml", "model.safetensors", "ema.safetensors", "normalizer.safetensors", "meta.json")
 LATEST = "latest"
@@ -77,9 +84,13 @@ def save_checkpoint(
     "numpy_rng": dict, "torch_rng": ByteTensor, "ema_updates": int}."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(".*.tmp-*"):  # left by a run killed while saving
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    tmp.mkdir()
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
     cfg.policy_spec = policy.spec.to_dict()
     OmegaConf.save(cfg, tmp / "config.yaml")
@@ -88,7 +99,7 @@ def save_checkpoint(
     policy.normalizer.save(tmp / "normalizer.safetensors")
     from .. import __version__
 
-    meta = {"policy_type": POLICY_TYPE, "ditpolicy_version": __version__, "torch_version": torch.__version__,
+    meta = {"policy_type": POLICY_TYPE, "denoiser": policy.spec.denoiser["name"], "ditpolicy_version": __version__, "torch_version": torch.__version__,
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     if train_state is not None:
@@ -118,6 +129,8 @@ def point_latest(checkpoints_dir: Path, target: Path, keep_last: int = 2) -> Non
 
 
 def _check_dir(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise CheckpointError(path, f"is a link to {os.readlink(path)}, which does not exist (dangling link)")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not path.is_dir():
@@ -127,79 +140,111 @@ def _check_dir(path: Path) -> None:
         raise CheckpointError(path, f"missing {', '.join(missing)} (a checkpoint holds {', '.join(REQUIRED_FILES)})")
 
 
+def _read_json(path: Path, name: str) -> dict:
+    try:
+        data = json.loads((path / name).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"{name} holds a {type(data).__name__}, not an object")
+    return data
+
+
 def read_spec(path: Path) -> tuple[DictConfig, PolicySpec, dict]:
-    cfg = OmegaConf.load(path / "config.yaml")
-    meta = json.loads((path / "meta.json").read_text())
+    """(training config, policy spec, meta) of a checkpoint directory, each file checked."""
+    try:
+        cfg = OmegaConf.load(path / "config.yaml")
+    except Exception as exc:  # yaml and omegaconf raise several types
+        raise CheckpointError(path, f"config.yaml is not valid YAML: {exc}") from exc
+    meta = _read_json(path, "meta.json")
     policy_type = meta.get("policy_type")
-    if policy_type != POLICY_TYPE:
-        raise CheckpointError(path, f"meta.json describes a {policy_type!r} policy, not {POLICY_TYPE!r}")
-    if "policy_spec" not in cfg:
+    if policy_type not in (POLICY_TYPE, LEGACY_POLICY_TYPE):
+        raise CheckpointError(path, f"meta.json describes a {policy_type!r} policy, not a {POLICY_TYPE!r} policy")
+    if not isinstance(cfg, DictConfig) or "policy_spec" not in cfg:
         raise CheckpointError(path, "config.yaml has no 'policy_spec' section (not a ditpolicy checkpoint)")
     spec_dict = OmegaConf.to_container(cfg.policy_spec, resolve=True)
-    if spec_dict.get("type") != POLICY_TYPE:
-        raise CheckpointError(path, f"config.yaml describes a {spec_dict.get('type')!r} policy, not {POLICY_TYPE!r}")
+    if is_legacy_spec(spec_dict):
+        spec_dict = upgrade_spec(spec_dict)
+    elif "type" in spec_dict:
+        raise CheckpointError(path, f"config.yaml describes a {spec_dict['type']!r} policy, not a {POLICY_TYPE!r} policy")
     try:
         spec = PolicySpec.from_dict(spec_dict)
+        DENOISERS.get(spec.denoiser.get("name"), spec.denoiser.get("module"))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(path, f"config.yaml policy_spec: {exc}") from exc
     return cfg, spec, meta
 
 
-def _load_weights(policy: DiffusionPolicy, path: Path, filename: str) -> None:
-    state = load_file(str(path / filename))
-    own = policy.state_dict()
+def _read_weights(path: Path, filename: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path / filename))
+    except Exception as exc:  # safetensors raises its own error types for bad headers and sizes
+        raise CheckpointError(path, f"{filename} is not a readable safetensors file "
+                                    f"({type(exc).__name__}: {exc})") from exc
+
+
+def check_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str) -> None:
+    """Names, shapes and finiteness of ``state`` against a model's own state dict."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise CheckpointError(path, f"{filename} does not match the config: missing tensors {missing[:5]}, "
-                                    f"unexpected tensors {unexpected[:5]}")
+        raise ValueError(f"{where} does not match the config: missing tensors {missing[:5]}, "
+                         f"unexpected tensors {unexpected[:5]}")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[name].shape):
-            raise CheckpointError(path, f"{filename} tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                        f"the config builds {tuple(own[name].shape)}")
+            raise ValueError(f"{where} tensor {name!r} has shape {tuple(tensor.shape)}, "
+                             f"the config builds {tuple(own[name].shape)}")
+        if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
+            raise ValueError(f"{where} tensor {name!r} holds NaN/inf")
+
+
+def _load_weights(policy: DiffusionPolicy, path: Path, filename: str, legacy: bool) -> None:
+    state = _read_weights(path, filename)
+    if legacy:
+        state = upgrade_state(state, policy.spec.goals)
+    try:
+        check_state(policy.state_dict(), state, filename)
+    except ValueError as exc:
+        raise CheckpointError(path, str(exc)) from None
     policy.load_state_dict(state)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory's ``checkpoints/latest``."""
+    path = Path(path)
+    latest = path / "checkpoints" / LATEST
+    if latest.is_symlink() and not latest.exists():
+        raise CheckpointError(latest, f"is a link to {os.readlink(latest)}, which does not exist (dangling link)")
+    return latest if latest.exists() else path
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
                 inference_mode: str = "eager") -> DiffusionPolicy:
-    """Rebuild the policy of a checkpoint directory (or of a run's ``checkpoints/latest``)."""
-    path = Path(path)
-    if (path / "checkpoints" / LATEST).exists():
-        path = path / "checkpoints" / LATEST
+    """Rebuild the policy of a checkpoint directory (``DiffusionPolicy.from_checkpoint``)."""
+    path = resolve_checkpoint(path)
     _check_dir(path)
-    _, spec, _ = read_spec(path)
+    _, spec, meta = read_spec(path)
     try:
         normalizer = Normalizer.load(path / "normalizer.safetensors")
     except Exception as exc:
         raise CheckpointError(path, f"normalizer.safetensors unreadable: {exc}") from exc
-    policy = DiffusionPolicy(spec, normalizer)
-    _load_weights(policy, path, "ema.safetensors" if use_ema else "model.safetensors")
+    try:
+        policy = DiffusionPolicy(spec, normalizer)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(path, f"config.yaml policy_spec: {exc}") from exc
+    legacy = meta.get("policy_type") == LEGACY_POLICY_TYPE
+    _load_weights(policy, path, "ema.safetensors" if use_ema else "model.safetensors", legacy)
     return policy.to(device).eval().set_inference_mode(inference_mode)
 
 
 def load_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor]]:
     """(model state, train info incl. optimizer state dict and torch RNG, EMA state)."""
-    tensors = load_file(str(path / "train_state.safetensors"))
-    info = json.loads((path / "train_state.json").read_text())
+    _check_dir(path)
+    for name in ("train_state.safetensors", "train_state.json"):
+        if not (path / name).exists():
+            raise CheckpointError(path, f"missing {name}: this checkpoint cannot be resumed (it holds weights only)")
+    tensors = _read_weights(path, "train_state.safetensors")
+    info = _read_json(path, "train_state.json")
     info["optimizer"] = _unflatten_optimizer(tensors, info["optimizer"])
     info["torch_rng"] = tensors["rng/torch"]
-    return load_file(str(path / "model.safetensors")), info, load_file(str(path / "ema.safetensors"))
-
-
-class Policy:
-    """Entry point for Python users.
-
-    >>> policy = Policy.from_checkpoint("outputs/demo/run", device="cpu")
-    >>> policy.reset(task="reach-v3")
-    >>> actions = policy.predict_chunk(obs)     # (H, action_dim)
-
-    ``inference_mode``: ``trace`` (default) runs each denoising step as a frozen TorchScript
-    graph, about twice as fast as ``eager`` at batch 1; ``compile`` uses torch.compile.
-    """
-
-    @staticmethod
-    def from_checkpoint(path: str | Path, device: str | torch.device | None = None, use_ema: bool = True,
-                        inference_mode: str = "trace") -> DiffusionPolicy:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return load_policy(path, device, use_ema, inference_mode)
+    return _read_weights(path, "model.safetensors"), info, _read_weights(path, "ema.safetensors")

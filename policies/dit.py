@@ -1,43 +1,38 @@
-"""The DiT denoiser over action chunks.
+"""The DiT denoiser over action chunks (``policy/denoiser=dit``).
 
 Tokens: H noisy action tokens (B, H, D). Each block: self-attention over the action
 tokens, cross-attention to the conditioning tokens (observations, goal), and an MLP; the
 self-attention and MLP are modulated by adaLN-Zero from the conditioning vector
-``c = time_embedding(t) + pooled(cond)``. The keys and values of the conditioning tokens
-are projected once per chunk (``prepare``) and reused by every denoising step.
+``c = time_embedding(t) + pooled(cond)``. With one noise level per token, t (B, H), each
+token gets its own ``c`` (B, H, D). The keys and values of the conditioning tokens are
+projected once per chunk (``prepare``) and reused by every denoising step.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class DiTConfig:
-    action_dim: int = 4
-    horizon: int = 16
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
+from .denoiser import DENOISERS, Denoiser
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal features of t in [0, 1] (scaled by 1000): (B,) -> (B, dim)."""
+    """Sinusoidal features of t in [0, 1] (scaled by 1000): (...) -> (..., dim)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = (t.float() * 1000.0)[:, None] * freqs[None]
+    args = (t.float() * 1000.0)[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def tokenwise(v: torch.Tensor) -> torch.Tensor:
+    """A per-sample modulation (B, D) as (B, 1, D); a per-token one (B, H, D) unchanged."""
+    return v[:, None] if v.dim() == 2 else v
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    return x * (1 + tokenwise(scale)) + tokenwise(shift)
 
 
 class Attention(nn.Module):
@@ -68,49 +63,46 @@ class Attention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, cfg: DiTConfig):
+    def __init__(self, d: int, n_heads: int, mlp_ratio: float, dropout: float):
         super().__init__()
-        d = cfg.d_model
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.self_attn = Attention(d, cfg.n_heads, cfg.dropout)
+        self.self_attn = Attention(d, n_heads, dropout)
         self.norm_cross = nn.LayerNorm(d, eps=1e-6)
-        self.cross_attn = Attention(d, cfg.n_heads, cfg.dropout)
+        self.cross_attn = Attention(d, n_heads, dropout)
         self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        hidden = int(d * cfg.mlp_ratio)
+        hidden = int(d * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cond_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.self_attn(modulate(self.norm1(x), shift1, scale1))
+        x = x + tokenwise(gate1) * self.self_attn(modulate(self.norm1(x), shift1, scale1))
         x = x + self.cross_attn(self.norm_cross(x), kv=cond_kv)
-        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + tokenwise(gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x
 
 
-@dataclass
-class PreparedCondition:
-    """Per-chunk work shared by all denoising steps."""
+@DENOISERS.register("dit")
+class DiTDenoiser(Denoiser):
+    """(x_t (B, H, A), t (B,) or (B, H), prepared condition) -> prediction (B, H, A).
 
-    pooled: torch.Tensor                                  # (B, D)
-    kv: list[tuple[torch.Tensor, torch.Tensor]]           # per block: (B, heads, N_cond, D/heads)
+    ``prepare`` returns ``{"pooled": (B, D), "kv": [(k, v) per block]}`` with k, v of shape
+    (B, heads, N_cond, D / heads)."""
 
-
-class DiTDenoiser(nn.Module):
-    """(x_t (B, H, A), t (B,), prepared condition) -> prediction (B, H, A)."""
-
-    def __init__(self, cfg: DiTConfig):
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.d_model
-        self.action_in = nn.Linear(cfg.action_dim, d)
-        self.position = nn.Parameter(torch.zeros(1, cfg.horizon, d))
+    def __init__(self, action_dim: int, horizon: int, d_model: int, n_layers: int, n_heads: int,
+                 mlp_ratio: float, dropout: float):
+        super().__init__(action_dim, horizon, d_model)
+        if d_model % n_heads:
+            raise ValueError(f"policy.d_model={d_model} is not divisible by policy.denoiser.n_heads={n_heads}")
+        d = d_model
+        self.action_in = nn.Linear(action_dim, d)
+        self.position = nn.Parameter(torch.zeros(1, horizon, d))
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.cond_pool = nn.Linear(d, d)
-        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(DiTBlock(d, n_heads, mlp_ratio, dropout) for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
-        self.action_out = nn.Linear(d, cfg.action_dim)
+        self.action_out = nn.Linear(d, action_dim)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -129,17 +121,16 @@ class DiTDenoiser(nn.Module):
         nn.init.zeros_(self.action_out.weight)
         nn.init.zeros_(self.action_out.bias)
 
-    def prepare(self, cond: torch.Tensor) -> PreparedCondition:
+    def prepare(self, cond: torch.Tensor) -> dict:
         """cond (B, N_cond, D) -> pooled vector and per-block cross-attention keys/values."""
-        return PreparedCondition(
-            pooled=self.cond_pool(cond.mean(dim=1)),
-            kv=[block.cross_attn.keys_values(cond) for block in self.blocks],
-        )
+        return {"pooled": self.cond_pool(cond.mean(dim=1)),
+                "kv": [block.cross_attn.keys_values(cond) for block in self.blocks]}
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, prepared: PreparedCondition) -> torch.Tensor:
-        c = self.time_mlp(timestep_embedding(t, self.cfg.d_model)) + prepared.pooled
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, prepared: dict) -> torch.Tensor:
+        c = self.time_mlp(timestep_embedding(t, self.d_model))          # (B, D) or (B, H, D)
+        c = c + (prepared["pooled"] if c.dim() == 2 else prepared["pooled"][:, None])
         x = self.action_in(x_t) + self.position[:, : x_t.shape[1]]
-        for block, kv in zip(self.blocks, prepared.kv):
+        for block, kv in zip(self.blocks, prepared["kv"]):
             x = block(x, c, kv)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         return self.action_out(modulate(self.final_norm(x), shift, scale))

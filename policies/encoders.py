@@ -1,12 +1,11 @@
-"""Observation and goal encoders: every input becomes tokens of width D.
+"""Observation encoders: every observation input becomes tokens of width D.
 
 - low-dim keys (B, T, d_k): one MLP per key, one token per key and history step;
 - image keys (B, T, H, W, 3) uint8: a small ResNet-style CNN per camera, trained from
-  scratch (GroupNorm, global average pooling), one token per camera and history step;
-- goal: a task-id embedding, or a projection of a fixed language embedding (the slot that
-  multimodal goals fill), one token.
+  scratch (GroupNorm, global average pooling), one token per camera and history step.
 
-Each token gets a learned embedding of its (input, history step) slot.
+Each token gets a learned embedding of its (input, history step) slot. Goal tokens come
+from goals.py.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ class ImageEncoder(nn.Module):
     84 px -> 3x3 features, about 9 M multiply-adds per frame with the default widths, so
     image policies train on a CPU."""
 
-    def __init__(self, d_model: int, widths: tuple[int, ...] = (16, 32, 64, 128)):
+    def __init__(self, d_model: int, widths: tuple[int, ...]):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.GroupNorm(8, widths[0]), nn.ReLU())
         stages, c = [], widths[0]
@@ -79,13 +78,9 @@ def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
 
 
 class ObservationEncoder(nn.Module):
-    """Observation history and goal -> conditioning tokens (B, N_cond, D).
+    """Observation history -> tokens (B, n_obs * n_inputs, D); obs: key -> (B, n_obs, ...)."""
 
-    obs: key -> (B, n_obs, ...) ; goal: ``task_id`` (B,) int64 and/or ``language`` (B, L) float.
-    """
-
-    def __init__(self, spec: ObsSpec, n_obs: int, d_model: int, n_tasks: int = 0, language_dim: int = 0,
-                 image_widths: tuple[int, ...] = (16, 32, 64, 128)):
+    def __init__(self, spec: ObsSpec, n_obs: int, d_model: int, image_widths: tuple[int, ...]):
         super().__init__()
         self.spec = spec
         self.n_obs = n_obs
@@ -94,30 +89,24 @@ class ObservationEncoder(nn.Module):
             for key, shape in spec.lowdim.items()
         })
         self.images = nn.ModuleDict({key: ImageEncoder(d_model, image_widths) for key in spec.images})
-        self.task_embedding = nn.Embedding(n_tasks, d_model) if n_tasks > 0 else None
-        self.language_proj = nn.Linear(language_dim, d_model) if language_dim > 0 else None
-        n_inputs = len(self.lowdim) + len(self.images)
-        self.n_goal_tokens = int(self.task_embedding is not None) + int(self.language_proj is not None)
-        self.n_tokens = n_inputs * n_obs + self.n_goal_tokens
+        self.n_tokens = (len(self.lowdim) + len(self.images)) * n_obs
         self.slot_embedding = nn.Parameter(torch.zeros(1, self.n_tokens, d_model))
         nn.init.normal_(self.slot_embedding, std=0.02)
 
-    def forward(self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None = None,
-                augment: bool = False) -> torch.Tensor:
+    def forward(self, obs: dict[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
         tokens = []
         for key, mlp in self.lowdim.items():
             x = obs[key]
             tokens.append(mlp(x.reshape(x.shape[0], x.shape[1], -1).float()))  # (B, T, D)
         for key, cnn in self.images.items():
-            x = obs[key]
-            b, t = x.shape[:2]
-            flat = x.reshape(b * t, *x.shape[2:])
-            if augment:
-                flat = random_shift(flat)
-            tokens.append(cnn(flat).reshape(b, t, -1))
-        goal = goal or {}
-        if self.task_embedding is not None:
-            tokens.append(self.task_embedding(goal["task_id"].long())[:, None])
-        if self.language_proj is not None:
-            tokens.append(self.language_proj(goal["language"].float())[:, None])
+            tokens.append(encode_frames(cnn, obs[key], augment))
         return torch.cat(tokens, dim=1) + self.slot_embedding
+
+
+def encode_frames(cnn: ImageEncoder, frames: torch.Tensor, augment: bool) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 -> (B, T, D), one CNN pass over all B * T frames."""
+    b, t = frames.shape[:2]
+    flat = frames.reshape(b * t, *frames.shape[2:])
+    if augment:
+        flat = random_shift(flat)
+    return cnn(flat).reshape(b, t, -1)

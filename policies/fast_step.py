@@ -1,66 +1,75 @@
-"""Low-latency denoising steps for inference.
+"""Low-latency denoising steps for inference, for any denoiser family.
 
-At batch 1 a denoising step of the small default DiT is bound by per-operator overhead, not
+At batch 1 a denoising step of a small DiT is bound by per-operator overhead, not
 arithmetic. Two ways around it, both keyed by the input shapes and built on first use:
 
 - ``trace``: a frozen TorchScript graph of one step (CPU and CUDA, no compiler needed;
   about 2x faster than eager on a 2-core CPU);
 - ``compile``: ``torch.compile`` of the step (inductor; on CUDA ``reduce-overhead`` adds
   CUDA graphs). Compiling takes tens of seconds on the first call.
+
+A family's ``prepare`` may return any pytree (dicts, lists, tuples) of tensors: it is
+flattened into plain tensor inputs of the graph and rebuilt inside it, so the per-chunk
+work stays outside the step and the step needs no knowledge of the family.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
-from .dit import DiTDenoiser, PreparedCondition
+from .denoiser import Denoiser, DenoiserOutput
 
 MODES = ("eager", "trace", "compile")
 
 
 class _FlatStep(nn.Module):
-    """One denoising step with the prepared condition flattened into plain tensors."""
+    """One denoising step taking the prepared condition as flat tensors."""
 
-    def __init__(self, denoiser: DiTDenoiser):
+    def __init__(self, denoiser: Denoiser, spec: pytree.TreeSpec):
         super().__init__()
         self.denoiser = denoiser
+        self.spec = spec
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, pooled: torch.Tensor, *kv: torch.Tensor) -> torch.Tensor:
-        pairs = [(kv[2 * i], kv[2 * i + 1]) for i in range(len(kv) // 2)]
-        return self.denoiser(x, t, PreparedCondition(pooled, pairs))
-
-
-def _flatten(prepared: PreparedCondition) -> list[torch.Tensor]:
-    return [tensor for pair in prepared.kv for tensor in pair]
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *leaves: torch.Tensor) -> DenoiserOutput:
+        return self.denoiser(x, t, pytree.tree_unflatten(list(leaves), self.spec))
 
 
 class FastStep:
-    """Callable like ``denoiser(x, t, prepared)``, specialised per input shape."""
+    """Builds per-chunk step functions ``fn(x, t)`` for a denoiser, specialised per input shape."""
 
-    def __init__(self, denoiser: DiTDenoiser, mode: str = "trace"):
+    def __init__(self, denoiser: Denoiser, mode: str = "trace"):
         if mode not in MODES:
             raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
         self.denoiser = denoiser
         self.mode = mode
         self._graphs: dict[tuple, object] = {}
 
-    def _build(self, x, t, prepared):
-        step = _FlatStep(self.denoiser).eval()
+    def _build(self, x, t, leaves, spec):
+        step = _FlatStep(self.denoiser, spec).eval()
         if self.mode == "compile":
             options = {"mode": "reduce-overhead"} if x.is_cuda else {}
             return torch.compile(step, dynamic=False, **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(step, (x, t, prepared.pooled, *_flatten(prepared)), check_trace=False)
+            traced = torch.jit.trace(step, (x, t, *leaves), check_trace=False, strict=False)
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, prepared: PreparedCondition) -> torch.Tensor:
+    def bind(self, prepared) -> Callable[[torch.Tensor, torch.Tensor], DenoiserOutput]:
+        """``fn(x, t)`` for one chunk: the prepared condition is flattened once here, not per step."""
         if self.mode == "eager":
-            return self.denoiser(x, t, prepared)
-        key = (tuple(x.shape), tuple(prepared.kv[0][0].shape), x.device, x.dtype)
-        if key not in self._graphs:
-            self._graphs[key] = self._build(x, t, prepared)
-        return self._graphs[key](x, t, prepared.pooled, *_flatten(prepared))
+            return lambda x, t: self.denoiser(x, t, prepared)
+        leaves, spec = pytree.tree_flatten(prepared)
+        chunk_key = (str(spec), *(tuple(v.shape) for v in leaves))
+
+        def step(x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+            key = (tuple(x.shape), tuple(t.shape), x.device, x.dtype, chunk_key)
+            graph = self._graphs.get(key)
+            if graph is None:
+                graph = self._graphs[key] = self._build(x, t, leaves, spec)
+            return graph(x, t, *leaves)
+        return step

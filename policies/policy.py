@@ -1,97 +1,74 @@
-"""The diffusion policy: observation encoder + DiT denoiser + denoising process + normaliser.
+"""The diffusion policy: observation and goal tokens, a denoiser family, a denoising process,
+and the normaliser, behind one interface for training, evaluation and robots.
 
-Interface: ``compute_loss(batch) -> (loss, logs)``, ``predict_chunk(obs) -> (H, A)``,
-``reset(task=None)``; ``Policy.from_checkpoint(dir)`` in checkpoint.py.
+    loss, logs = policy.compute_loss(batch)              # training; named, weighted loss terms
+    actions = policy.predict_action_chunks(batch)        # (B, H, A) from (B, n_obs, ...) histories
+
+    policy = DiffusionPolicy.from_checkpoint("outputs/demo/run")
+    policy.reset(task="reach-v3")                        # control API: one step at a time
+    policy.observe(obs)                                  # every control step
+    action = policy.select_action()                      # (A,), from a chunk queue
+
+A batch holds the observation keys (B, n_obs, ...), the goal inputs of the policy's goal
+kinds (``task_id`` (B,), ...) and, in training, ``action`` (B, H, A).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..datasets import Normalizer
-from .dit import DiTConfig, DiTDenoiser
+from .control import ChunkExecutor, ObservationError, check_observation
+from .denoiser import DENOISERS
 from .encoders import ObservationEncoder, ObsSpec
 from .fast_step import FastStep
+from .goals import GOAL_INPUTS, GoalEncoder
 from .processes import make_process
-
-POLICY_TYPE = "dit"
-
-
-@dataclass
-class PolicySpec:
-    """Everything needed to rebuild a policy; written to a checkpoint's config.yaml."""
-
-    type: str = POLICY_TYPE
-    obs_keys: list[str] = field(default_factory=lambda: ["state"])
-    obs_shapes: dict[str, list[int]] = field(default_factory=dict)   # per-step shape per key
-    image_keys: list[str] = field(default_factory=list)
-    action_key: str = "action"
-    action_dim: int = 4
-    n_obs: int = 2
-    horizon: int = 16
-    n_action_steps: int = 8
-    tasks: list[str] = field(default_factory=list)
-    goal: str = "task"                 # "task": task-id token; "none": no goal token
-    process: dict = field(default_factory=lambda: {"name": "flow"})
-    inference_steps: int = 10          # default only; every predict call may choose its own
-    dit: dict = field(default_factory=dict)
-    image_widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    normalize: dict[str, str] = field(default_factory=dict)  # key -> normaliser mode
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_config(cls, policy_cfg: dict, obs_shapes: dict[str, list[int]], image_keys: list[str],
-                    action_dim: int, tasks: list[str]) -> "PolicySpec":
-        """A spec from the ``policy`` config group plus the data's shapes and tasks."""
-        p = dict(policy_cfg)
-        lowdim_mode, action_mode = p.pop("lowdim_normalization"), p.pop("action_normalization")
-        normalize = {k: lowdim_mode for k in obs_shapes if k not in image_keys}
-        normalize["action"] = action_mode
-        return cls(obs_keys=list(obs_shapes), obs_shapes={k: list(v) for k, v in obs_shapes.items()},
-                   image_keys=list(image_keys), action_dim=int(action_dim), tasks=list(tasks),
-                   normalize=normalize, **p)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PolicySpec":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown policy fields {sorted(unknown)}")
-        return cls(**data)
+from .spec import PolicySpec
 
 
 class DiffusionPolicy(nn.Module):
     def __init__(self, spec: PolicySpec, normalizer: Normalizer):
         super().__init__()
-        if spec.type != POLICY_TYPE:
-            raise ValueError(f"policy type {spec.type!r} is not {POLICY_TYPE!r}")
         self.spec = spec
         self.normalizer = normalizer
-        dit_cfg = DiTConfig(action_dim=spec.action_dim, horizon=spec.horizon, **spec.dit)
         obs_spec = ObsSpec(
             lowdim={k: tuple(spec.obs_shapes[k]) for k in spec.obs_keys if k not in spec.image_keys},
             images={k: tuple(spec.obs_shapes[k]) for k in spec.image_keys},
         )
-        n_tasks = len(spec.tasks) if spec.goal == "task" else 0
-        self.encoder = ObservationEncoder(obs_spec, spec.n_obs, dit_cfg.d_model, n_tasks=n_tasks,
-                                          image_widths=tuple(spec.image_widths))
-        self.denoiser = DiTDenoiser(dit_cfg)
-        process_args = {k: v for k, v in spec.process.items() if k != "name"}
-        self.process = make_process(spec.process["name"], **process_args)
+        widths = tuple(spec.image_widths)
+        self.encoder = ObservationEncoder(obs_spec, spec.n_obs, spec.d_model, widths)
+        language_dim = int(np.prod(spec.goal_shapes["language"][-1:])) if "language" in spec.goal_shapes else 0
+        self.goals = GoalEncoder(spec.goals, spec.d_model, len(spec.tasks), language_dim, widths)
+        self.denoiser = DENOISERS.build(spec.denoiser, action_dim=spec.action_dim, horizon=spec.horizon,
+                                        d_model=spec.d_model)
+        self.process = make_process(spec.process)
+        self.loss_weights = {**spec.loss_weights, **spec.denoiser.get("loss_weights", {}),
+                             **spec.process.get("loss_weights", {})}
         self.fast_step = FastStep(self.denoiser, "eager")
-        self._history: deque = deque(maxlen=spec.n_obs)
-        self._task_id = 0
+        self._executor = ChunkExecutor(self, batch_size=1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, use_ema: bool = True,
+                        inference_mode: str = "trace") -> "DiffusionPolicy":
+        """The policy of a checkpoint directory, or of a run directory's ``checkpoints/latest``.
+
+        Loads the EMA weights by default. ``inference_mode``: ``trace`` (default) runs each
+        denoising step as a frozen TorchScript graph, about twice as fast as ``eager`` at
+        batch 1; ``compile`` uses torch.compile."""
+        from .checkpoint import load_policy
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return load_policy(path, device, use_ema, inference_mode)
 
     def set_inference_mode(self, mode: str) -> "DiffusionPolicy":
-        """``eager``, ``trace`` (frozen TorchScript step) or ``compile`` (torch.compile); see
-        fast_step.py. Call it after the weights are final: graphs are built from them."""
+        """``eager``, ``trace`` or ``compile`` (fast_step.py). Call it after the weights are
+        final: graphs are built from them."""
         self.fast_step = FastStep(self.denoiser, mode)
         return self
 
@@ -99,74 +76,121 @@ class DiffusionPolicy(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    # ------------------------------------------------------------------ shared
+    def condition(self, batch: dict[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
+        """Observation and goal tokens (B, N, D) of a batch."""
+        obs = {k: (self.normalizer.normalize(k, batch[k].float()) if k in self.normalizer else batch[k])
+               for k in self.spec.obs_keys}
+        tokens = self.encoder(obs, augment=augment)
+        if self.goals.kinds:
+            tokens = torch.cat([tokens, self.goals(batch, augment=augment)], dim=1)
+        return tokens
+
     # ------------------------------------------------------------------ training
-    def _normalized_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: (self.normalizer.normalize(k, obs[k].float()) if k in self.normalizer else obs[k])
-                for k in self.spec.obs_keys}
-
-    def _goal(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"task_id": batch["task_id"]} if self.spec.goal == "task" else {}
-
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """batch: obs keys (B, n_obs, ...), action (B, H, A), task_id (B,). MSE on the target."""
+        """batch: obs keys (B, n_obs, ...), goal inputs, action (B, H, A).
+
+        Returns the weighted sum of the named loss terms of the process (``diffusion``, ...)
+        and of the denoiser (e.g. ``load_balance``), and a log with each term and ``loss``."""
         actions = self.normalizer.normalize(self.spec.action_key, batch[self.spec.action_key].float())
-        cond = self.encoder(self._normalized_obs(batch), self._goal(batch), augment=self.training)
+        prepared = self.denoiser.prepare(self.condition(batch, augment=self.training))
         x_t, t, target = self.process.training_pair(actions)
-        pred = self.denoiser(x_t, t, self.denoiser.prepare(cond))
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-        return loss, {"loss": float(loss.detach())}
+        out = self.denoiser(x_t, t, prepared)
+        terms = {**self.process.loss_terms(out, target), **self.denoiser.loss_terms(out)}
+        unweighted = sorted(set(terms) - set(self.loss_weights))
+        if unweighted:
+            raise ValueError(f"loss term(s) {unweighted} have no weight: set policy.loss_weights."
+                             f"{unweighted[0]} (or loss_weights in the family's yaml)")
+        loss = sum(self.loss_weights[name] * value for name, value in terms.items())
+        logs = {f"loss/{name}": float(value.detach()) for name, value in terms.items()}
+        logs["loss"] = float(loss.detach())
+        return loss, logs
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
-    def predict_action_chunks(self, obs: dict[str, torch.Tensor], task_id: torch.Tensor | None = None,
-                              steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """obs keys (B, n_obs, ...) on the policy's device -> actions (B, H, A), unnormalised.
+    def predict_action_chunks(self, batch: dict[str, torch.Tensor], steps: int | None = None,
+                              generator: torch.Generator | None = None, init: torch.Tensor | None = None,
+                              t_start: float | torch.Tensor = 1.0, return_heads: bool = False):
+        """Observation histories (B, n_obs, ...) and goal inputs -> actions (B, H, A), unnormalised.
 
-        The observation encoding and the cross-attention keys/values are computed once here
-        and shared by all ``steps`` denoising evaluations."""
-        b = next(iter(obs.values())).shape[0]
-        goal = {}
-        if self.spec.goal == "task":
-            goal["task_id"] = task_id if task_id is not None else torch.zeros(b, dtype=torch.long, device=self.device)
-        prepared = self.denoiser.prepare(self.encoder(self._normalized_obs(obs), goal))
-        noise = torch.randn((b, self.spec.horizon, self.spec.action_dim), device=self.device, generator=generator)
-        actions = self.process.sample(lambda x, t: self.fast_step(x, t, prepared), noise,
-                                      steps or self.spec.inference_steps)
-        return self.normalizer.unnormalize(self.spec.action_key, actions)
+        ``init`` (B, H, A), unnormalised, starts the sampler from those actions noised to
+        ``t_start`` (per sample or per token) instead of from pure noise. The observation
+        encoding and per-chunk denoiser state are computed once and shared by all ``steps``
+        denoising evaluations. With ``return_heads`` also returns the denoiser's extra heads."""
+        b = batch[self.spec.obs_keys[0]].shape[0]
+        prepared = self.denoiser.prepare(self.condition(batch))
+        shape = (b, self.spec.horizon, self.spec.action_dim)
+        x = torch.randn(shape, device=self.device, generator=generator)
+        if init is not None:
+            x0 = self.normalizer.normalize(self.spec.action_key, init.to(self.device).float())
+            t = t_start if torch.is_tensor(t_start) else torch.full((b,), float(t_start), device=self.device)
+            x = self.process.add_noise(x0, t.to(self.device), x)
+        actions, heads = self.process.sample(self.fast_step.bind(prepared), x, t_start,
+                                             steps or self.spec.inference_steps)
+        actions = self.normalizer.unnormalize(self.spec.action_key, actions)
+        return (actions, heads) if return_heads else actions
 
-    def reset(self, task: str | int | None = None) -> None:
-        """Forget the observation history; choose the task for the goal token."""
-        self._history.clear()
+    def goal_inputs(self, task: str | int | None = None, batch_size: int = 1, **goal) -> dict[str, torch.Tensor]:
+        """Goal tensors (B, ...) for the policy's goal kinds: ``task`` by name or index, and
+        per-episode inputs of other kinds by batch key (``language=(L,) array``, ...)."""
+        inputs = {}
+        for kind in self.spec.goals:
+            key = GOAL_INPUTS[kind]
+            if kind == "task":
+                inputs[key] = torch.full((batch_size,), self._task_index(task), dtype=torch.long)
+            elif key in goal:
+                value = torch.as_tensor(np.asarray(goal[key]))
+                inputs[key] = value.expand(batch_size, *value.shape)
+            else:
+                raise ValueError(f"this policy's goals are {self.spec.goals}: pass {key}=... to reset()")
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def _task_index(self, task: str | int | None) -> int:
+        tasks = self.spec.tasks
         if task is None:
-            self._task_id = 0
-        elif isinstance(task, str):
-            if task not in self.spec.tasks:
-                raise ValueError(f"task {task!r} is not one this policy was trained on: {self.spec.tasks}")
-            self._task_id = self.spec.tasks.index(task)
-        else:
-            self._task_id = int(task)
+            if len(tasks) == 1:
+                return 0
+            raise ValueError(f"this policy was trained on {len(tasks)} tasks: reset(task=...) must name one of {tasks}")
+        if isinstance(task, str):
+            if task not in tasks:
+                raise ValueError(f"task {task!r} is not one this policy was trained on: {tasks}")
+            return tasks.index(task)
+        if not 0 <= int(task) < len(tasks):
+            raise ValueError(f"task index {task} is out of range: this policy knows {len(tasks)} tasks {tasks}")
+        return int(task)
 
-    @torch.inference_mode()
-    def predict_chunk(self, obs: dict[str, np.ndarray], steps: int | None = None) -> np.ndarray:
-        """One observation (key -> per-step array) -> (H, action_dim) actions from now on.
+    # ------------------------------------------------------------------ control API (batch 1)
+    def reset(self, task: str | int | None = None, **goal) -> None:
+        """Start an episode: forget the history and queued actions; choose the goal."""
+        self._executor.reset(self.goal_inputs(task, 1, **goal))
 
-        The last ``n_obs`` observations since ``reset()`` form the history (the first one is
-        repeated until enough have arrived)."""
-        missing = [k for k in self.spec.obs_keys if k not in obs]
-        if missing:
-            raise KeyError(f"observation lacks keys {missing} (policy reads {self.spec.obs_keys})")
-        step = {}
-        for key in self.spec.obs_keys:
-            value = np.asarray(obs[key])
-            want = tuple(self.spec.obs_shapes[key])
-            if value.shape != want:
-                raise ValueError(f"observation {key!r} has shape {value.shape}, policy expects {want}")
-            step[key] = value
-        if not self._history:
-            self._history.extend([step] * self.spec.n_obs)
-        else:
-            self._history.append(step)
-        batch = {k: torch.as_tensor(np.stack([h[k] for h in self._history]))[None].to(self.device)
-                 for k in self.spec.obs_keys}
-        task_id = torch.tensor([self._task_id], device=self.device)
-        return self.predict_action_chunks(batch, task_id, steps)[0].cpu().numpy()
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        """Record one control step's observation (key -> per-step array). Call it every step,
+        whether or not an action is taken from a new chunk. A bad observation (missing key,
+        wrong shape, NaN/inf) raises an ObservationError and leaves the history untouched."""
+        self._executor.observe({k: np.asarray(v)[None] for k, v in obs.items()})
+
+    def select_action(self) -> np.ndarray:
+        """The next action (A,): from the queue, or from a new chunk predicted from the last
+        ``n_obs`` consecutive observations when the queue is empty."""
+        return self._executor.act()[0]
+
+    @property
+    def executor(self) -> ChunkExecutor:
+        """The batch-1 executor behind the control API (history, queue, latencies)."""
+        return self._executor
+
+    def predict_chunk(self, history: dict[str, np.ndarray], steps: int | None = None, task: str | int | None = None
+                      ) -> np.ndarray:
+        """For callers that keep their own history: key -> (n_obs, ...) consecutive
+        observations, oldest first -> (H, A) actions from the newest observation on. The goal
+        is ``task`` if given, else the one of the last ``reset``."""
+        try:
+            checked = check_observation(self.spec, history, self.spec.n_obs, self.normalizer)
+        except ObservationError as exc:
+            raise ObservationError(f"predict_chunk takes a history of n_obs={self.spec.n_obs} consecutive "
+                                   f"observations per key (for one observation per call use observe / "
+                                   f"select_action): {exc}") from None
+        batch = {k: torch.as_tensor(v)[None].to(self.device) for k, v in checked.items()}
+        goal = self._executor.goal if task is None and self._executor.goal else self.goal_inputs(task, 1)
+        return self.predict_action_chunks({**batch, **goal}, steps)[0].cpu().numpy()

@@ -20,9 +20,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..datasets import DemoStore, Normalizer, SequenceSampler, compute_stats, split_episodes
 from ..progress import progress_bar
-from .checkpoint import LATEST, load_train_state, point_latest, save_checkpoint
+from ..settings import integer, number, positive_int
+from .checkpoint import LATEST, CheckpointError, check_state, load_train_state, point_latest, save_checkpoint
 from .optim import EMA, make_optimizer, warmup_cosine
-from .policy import DiffusionPolicy, PolicySpec
+from .policy import DiffusionPolicy
+from .spec import PolicySpec
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the gradient stopped being finite; no checkpoint of that state is written."""
+
+
+def check_train_settings(cfg: DictConfig) -> None:
+    """Every count and rate of the train config, each error naming its key."""
+    for key in ("train.steps", "train.batch_size", "train.save_every", "train.log_every", "train.keep_checkpoints"):
+        positive_int(cfg, key)
+    for key in ("train.warmup_steps", "train.val_every", "train.num_threads", "train.rollout.every",
+                "train.rollout.episodes", "train.seed"):
+        integer(cfg, key, minimum=0)
+    positive_int(cfg, "train.rollout.num_envs")
+    number(cfg, "train.lr", low=0.0)
+    number(cfg, "train.weight_decay", low=0.0)
+    number(cfg, "train.grad_clip", low=0.0)
+    number(cfg, "train.ema_decay", low=0.0, high=1.0)
+    number(cfg, "train.min_lr_ratio", low=0.0, high=1.0)
+    number(cfg, "dataset.val_fraction", low=0.0, high=0.99)
+    number(cfg, "dataset.image_cache_gb", low=0.0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,6 +78,7 @@ def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, to
 
 class Trainer:
     def __init__(self, cfg: DictConfig):
+        check_train_settings(cfg)
         self.cfg = cfg
         t = cfg.train
         self.device = resolve_device(t.device)
@@ -101,6 +125,13 @@ class Trainer:
             print(f"resume: no checkpoint under {self.ckpt_dir}, starting from step 0")
             return
         model_state, info, ema_state = load_train_state(latest)
+        for name, state in (("model.safetensors", model_state), ("ema.safetensors", ema_state)):
+            try:
+                check_state(self.policy.state_dict(), state, name)
+            except ValueError as exc:
+                raise CheckpointError(latest.resolve(), f"cannot resume: {exc} (was the run trained with other "
+                                                        f"policy settings? resume with those, or train into a "
+                                                        f"new run_dir)") from None
         self.policy.load_state_dict(model_state)
         self.ema.state = {k: v.to(self.device) for k, v in ema_state.items()}
         self.ema.updates = int(info["ema_updates"])
@@ -137,10 +168,14 @@ class Trainer:
         self.policy.train()
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             loss, logs = self.policy.compute_loss(batch)
+        if not np.isfinite(logs["loss"]):
+            self._diverged(f"loss is {logs['loss']}", rows, logs)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), float(t.grad_clip)))
+        if not np.isfinite(logs["grad_norm"]) and not self.scaler.is_enabled():  # fp16 skips such steps itself
+            self._diverged(f"gradient norm is {logs['grad_norm']}", rows, logs)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -148,6 +183,14 @@ class Trainer:
         self.step += 1
         logs["lr"] = self.scheduler.get_last_lr()[0]
         return logs
+
+    def _diverged(self, what: str, rows: np.ndarray, logs: dict) -> None:
+        starts = self.train_sampler.windows[rows, 0]
+        episodes = np.unique(np.searchsorted(self.store.episode_ends, starts, side="right"))
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith("loss/"))
+        raise TrainingDiverged(
+            f"step {self.step + 1}: {what} ({terms}); the batch drew from episodes {episodes[:20].tolist()} of "
+            f"{self.store.path}. Training stopped; the last checkpoint written is the last finite one.")
 
     @torch.no_grad()
     def validation_loss(self, batches: int = 8) -> float | None:

@@ -15,7 +15,7 @@ def make_episode(rng: np.random.Generator, length: int, image: bool = True) -> d
 
 
 TINY_POLICY = [
-    "policy.dit.d_model=32", "policy.dit.n_layers=2", "policy.dit.n_heads=2", "policy.horizon=8",
+    "policy.d_model=32", "policy.denoiser.n_layers=2", "policy.denoiser.n_heads=2", "policy.horizon=8",
     "policy.n_action_steps=4", "policy.image_widths=[8,8,8,8]", "train.batch_size=32", "train.lr=1e-3",
     "train.warmup_steps=10", "train.progress=false", "train.val_every=0", "train.num_threads=1",
 ]

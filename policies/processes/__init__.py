@@ -1,16 +1,13 @@
-"""Denoising processes behind one interface (see base.py)."""
+"""Denoising processes behind one contract (see base.py), found by name in ``PROCESSES``."""
 
-from .base import DenoisingProcess
+from .base import PROCESSES, DenoisingProcess, expand_levels
 from .ddpm import DDPMProcess
 from .flow import FlowMatchingProcess
 
-PROCESSES = {"ddpm": DDPMProcess, "flow": FlowMatchingProcess}
+
+def make_process(section: dict) -> DenoisingProcess:
+    """A process from its config section, e.g. ``{"name": "flow", "solver": "euler", ...}``."""
+    return PROCESSES.build(section)
 
 
-def make_process(name: str, **kwargs) -> DenoisingProcess:
-    if name not in PROCESSES:
-        raise ValueError(f"unknown denoising process {name!r}; choose from {sorted(PROCESSES)}")
-    return PROCESSES[name](**kwargs)
-
-
-__all__ = ["DDPMProcess", "DenoisingProcess", "FlowMatchingProcess", "PROCESSES", "make_process"]
+__all__ = ["DDPMProcess", "DenoisingProcess", "FlowMatchingProcess", "PROCESSES", "expand_levels", "make_process"]

@@ -1,27 +1,94 @@
-"""The interface every denoising process implements.
+"""The contract every denoising process implements.
 
-A process turns clean action chunks x0 (B, H, A) into training pairs and turns a denoiser
-into a sampler. The denoiser is ``fn(x_t, t) -> prediction`` with t a (B,) float tensor in
-[0, 1] (1 = pure noise); the observation conditioning is bound into ``fn`` by the caller, so
-it is computed once per chunk, not once per step. The number of sampling steps is an argument
-of ``sample``: it is chosen at inference and never stored in a checkpoint.
+A process turns clean action chunks x0 (B, H, A) into training pairs and a denoiser into a
+sampler. Noise levels t live in [0, 1]: 0 is clean data, 1 pure noise. A level is given per
+sample, t (B,), or per token, t (B, H), so that streams of one chunk (a clean prefix of
+actions that are already committed, video tokens beside action tokens) can sit at different
+levels; a token at level 0 is held fixed by the sampler.
+
+    x_t, t, target = process.training_pair(x0)               # t drawn per sample, or passed in
+    terms = process.loss_terms(out, target)                  # {"diffusion": ...} (plus the process's own)
+    x0, heads = process.sample(fn, x_init, t_start, steps)   # fn(x_t, t) -> prediction or dict
+
+``sample`` starts at any level: ``x_init`` is pure noise at ``t_start = 1``, or a sample
+noised to a lower level with ``add_noise`` (warm start from the previous chunk, anchors).
+The observation conditioning is bound into ``fn`` by the caller, so it is computed once per
+chunk, not once per step. The step count is an argument of ``sample``, chosen at inference.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from ..denoiser import DenoiserOutput, heads_of, prediction_of
+from ..registry import Registry
+
+PROCESSES: Registry["DenoisingProcess"] = Registry("denoising process", "policy.process")
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], DenoiserOutput]
 
 
-class DenoisingProcess(Protocol):
+def expand_levels(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Levels (B,) or (B, H) as (B, 1, 1) or (B, H, 1), to broadcast against ``like`` (B, H, A)."""
+    return t.reshape(*t.shape, *([1] * (like.dim() - t.dim())))
+
+
+def start_levels(t_start: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t_start`` as a (B,) or (B, H) tensor on ``x``'s device."""
+    if not torch.is_tensor(t_start):
+        return torch.full(x.shape[:1], float(t_start), device=x.device, dtype=x.dtype)
+    t = t_start.to(device=x.device, dtype=x.dtype)
+    if t.dim() == 0:
+        t = t.expand(x.shape[0])
+    if tuple(t.shape) not in (tuple(x.shape[:1]), tuple(x.shape[:2])):
+        raise ValueError(f"t_start has shape {tuple(t.shape)}; expected a number, (B,) = {tuple(x.shape[:1])} "
+                         f"or (B, H) = {tuple(x.shape[:2])}")
+    return t
+
+
+class DenoisingProcess:
+    """Shared parts of the processes; subclasses define the path, the target and the solver."""
+
     name: str
 
-    def training_pair(self, x0: torch.Tensor, generator: torch.Generator | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, target) for x0 (B, H, A); t is (B,) in [0, 1]."""
+    def draw_levels(self, shape: tuple[int, ...], device, dtype, generator=None) -> torch.Tensor:
+        """Training noise levels in (0, 1] of the given shape, (B,) or (B, H)."""
+        raise NotImplementedError
 
-    def sample(self, fn: Denoiser, noise: torch.Tensor, steps: int) -> torch.Tensor:
-        """Denoise ``noise`` (B, H, A) in ``steps`` network evaluations (Heun: about 2x)."""
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x0 (B, H, A) taken to levels t (B,) or (B, H) with noise eps (B, H, A)."""
+        raise NotImplementedError
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to predict at (x_t, t)."""
+        raise NotImplementedError
+
+    def training_pair(self, x0: torch.Tensor, t: torch.Tensor | None = None, generator=None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, target) for x0 (B, H, A); t (B,) drawn here unless given, (B,) or (B, H)."""
+        if t is None:
+            t = self.draw_levels(x0.shape[:1], x0.device, x0.dtype, generator)
+        eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        return self.add_noise(x0, t, eps), t, self.target(x0, eps, t)
+
+    def loss_terms(self, out: DenoiserOutput, target: torch.Tensor, mask: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
+        """``diffusion``: mean squared error of the prediction; ``mask`` (B, H) selects the
+        tokens that count (e.g. not a clean prefix)."""
+        error = (prediction_of(out).float() - target.float()) ** 2
+        if mask is None:
+            return {"diffusion": error.mean()}
+        weights = expand_levels(mask.float(), error).expand_as(error)
+        return {"diffusion": (error * weights).sum() / weights.sum().clamp_min(1.0)}
+
+    def sample(self, fn: Denoiser, x_init: torch.Tensor, t_start: float | torch.Tensor = 1.0, steps: int = 10
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Denoise ``x_init`` (B, H, A) from levels ``t_start`` to 0 in ``steps`` denoiser
+        evaluations (Heun: about twice as many). Returns the sample and the extra heads of the
+        last evaluation."""
+        raise NotImplementedError
+
+
+__all__ = ["PROCESSES", "DenoisingProcess", "expand_levels", "heads_of", "prediction_of", "start_levels"]

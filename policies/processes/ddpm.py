@@ -1,9 +1,11 @@
-"""DDPM training with a cosine (squaredcos_cap_v2) schedule and DDIM sampling.
+"""DDPM training on a cosine (squaredcos_cap_v2) schedule, DDIM sampling (``policy/process=ddpm``).
 
 Training draws an integer step k in [0, T) and noises x0 as
-``x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps``; the network predicts eps (``epsilon``) or
-x0 (``sample``). Sampling walks any sub-sequence of the T training steps with the DDIM
-update; eta = 0 is deterministic, eta = 1 matches DDPM's ancestral noise.
+``x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps``; the network sees t = (k + 1) / T and
+predicts eps (``epsilon``) or x0 (``sample``). Level t = 0 is the clean sample (abar = 1),
+so a token given clean stays fixed. Sampling walks ``steps`` levels from each token's start
+level down to the first training step with the DDIM update, then returns the predicted x0;
+eta = 0 is deterministic, eta = 1 matches DDPM's ancestral noise.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .base import PROCESSES, DenoisingProcess, expand_levels, heads_of, prediction_of, start_levels
 
 PREDICTIONS = ("epsilon", "sample")
 
@@ -24,55 +28,69 @@ def cosine_alphas_cumprod(num_steps: int, max_beta: float = 0.999) -> torch.Tens
     return torch.cumprod(1.0 - torch.tensor(betas, dtype=torch.float64), 0)
 
 
-class DDPMProcess:
+@PROCESSES.register("ddpm")
+class DDPMProcess(DenoisingProcess):
     name = "ddpm"
 
-    def __init__(self, num_train_steps: int = 100, prediction: str = "epsilon", eta: float = 0.0,
-                 clip_sample: float = 1.0):
+    def __init__(self, num_train_steps: int, prediction: str, eta: float, clip_sample: float):
         if prediction not in PREDICTIONS:
-            raise ValueError(f"ddpm prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        self.num_train_steps = num_train_steps
+            raise ValueError(f"policy.process.prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if int(num_train_steps) < 1:
+            raise ValueError(f"policy.process.num_train_steps must be >= 1, got {num_train_steps}")
+        self.num_train_steps = int(num_train_steps)
         self.prediction = prediction
-        self.eta = eta
-        self.clip_sample = clip_sample
-        self.alphas_cumprod = cosine_alphas_cumprod(num_train_steps)
+        self.eta = float(eta)
+        self.clip_sample = float(clip_sample)
+        self.alphas_cumprod = cosine_alphas_cumprod(self.num_train_steps)
+        # abar by level index j = round(t * T): j = 0 is clean, j = k + 1 is training step k
+        self.abar_table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
 
-    def _abar(self, k: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return self.alphas_cumprod.to(like.device)[k].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+    def level_index(self, t: torch.Tensor) -> torch.Tensor:
+        return (t * self.num_train_steps).round().long().clamp(0, self.num_train_steps)
 
-    def training_pair(self, x0, generator=None):
-        b = x0.shape[0]
-        k = torch.randint(0, self.num_train_steps, (b,), device=x0.device, generator=generator)
-        eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        abar = self._abar(k, x0)
-        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-        target = eps if self.prediction == "epsilon" else x0
-        return x_t, (k.to(x0.dtype) + 1) / self.num_train_steps, target
+    def _abar(self, j: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return expand_levels(self.abar_table.to(like.device)[j].to(like.dtype), like)
+
+    def draw_levels(self, shape, device, dtype, generator=None):
+        k = torch.randint(0, self.num_train_steps, shape, device=device, generator=generator)
+        return (k.to(dtype) + 1) / self.num_train_steps
+
+    def add_noise(self, x0, t, eps):
+        abar = self._abar(self.level_index(t), x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+    def target(self, x0, eps, t):
+        return eps if self.prediction == "epsilon" else x0
+
+    def _walk(self, j0: torch.Tensor, i: int, steps: int) -> torch.Tensor:
+        """Level index of evaluation i: from j0 down to 1 (training step 0); 0 stays 0."""
+        frac = i / (steps - 1) if steps > 1 else 0.0
+        walked = ((j0 - 1).clamp_min(0).double() * (1 - frac)).round().long() + 1
+        return torch.where(j0 > 0, walked, j0)
 
     @torch.no_grad()
-    def sample(self, fn, noise, steps):
+    def sample(self, fn, x_init, t_start=1.0, steps=10):
         steps = max(1, min(int(steps), self.num_train_steps))
-        ks = torch.linspace(self.num_train_steps - 1, 0, steps).round().long().tolist()
-        x = noise
-        b = noise.shape[0]
-        for i, k in enumerate(ks):
-            t = torch.full((b,), (k + 1) / self.num_train_steps, device=x.device, dtype=x.dtype)
-            out = fn(x, t)
-            abar = self.alphas_cumprod[k].item()
-            if self.prediction == "epsilon":
-                eps = out
-                x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
-            else:
-                x0 = out
+        x, heads = x_init, {}
+        j0 = self.level_index(start_levels(t_start, x))
+        for i in range(steps):
+            j = self._walk(j0, i, steps)
+            frozen = expand_levels(j == 0, x)
+            out = fn(x, j.to(x.dtype) / self.num_train_steps)
+            pred, heads = prediction_of(out), heads_of(out)
+            abar = self._abar(j, x)
+            noise_scale = (1 - abar).clamp_min(1e-12).sqrt()
+            x0 = (x - (1 - abar).sqrt() * pred) / abar.sqrt() if self.prediction == "epsilon" else pred
             if self.clip_sample:
                 x0 = x0.clamp(-self.clip_sample, self.clip_sample)
-            eps = (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
-            if i == len(ks) - 1:
+            x0 = torch.where(frozen, x, x0)
+            if i == steps - 1:
                 x = x0
                 break
-            abar_prev = self.alphas_cumprod[ks[i + 1]].item()
-            sigma = self.eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-            x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
-            if sigma > 0:
+            eps = (x - abar.sqrt() * x0) / noise_scale
+            abar_prev = self._abar(self._walk(j0, i + 1, steps), x)
+            sigma = self.eta * ((1 - abar_prev) / noise_scale**2 * (1 - abar / abar_prev)).clamp_min(0).sqrt()
+            x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp_min(0).sqrt() * eps
+            if self.eta > 0:
                 x = x + sigma * torch.randn_like(x)
-        return x
+        return x, heads

@@ -1,0 +1,62 @@
+"""The contract every denoiser family implements, and the table that finds families by name.
+
+A denoiser predicts, from noisy action tokens and their noise levels, what its denoising
+process asks for (velocity, noise or clean sample), conditioned on observation and goal
+tokens that are turned into per-chunk state once:
+
+    prepared = denoiser.prepare(cond)      # cond (B, N, D) -> any pytree of tensors, once per chunk
+    out = denoiser(x_t, t, prepared)       # x_t (B, H, A); t (B,) per sample or (B, H) per token
+    terms = denoiser.loss_terms(out)       # named auxiliary losses, e.g. {"load_balance": ...}
+
+``out`` is a tensor (B, H, A), or a dict holding it under ``"prediction"`` beside extra
+heads (e.g. per-anchor scores). ``prepare`` must be pure tensor work so that the fast
+inference path (fast_step.py) can trace ``forward`` with the prepared tensors as inputs.
+
+A family is a module that subclasses ``Denoiser``, registers itself with
+``@DENOISERS.register("<name>")``, and a yaml under ``configs/policy/denoiser/`` whose keys
+are its constructor's options. The policy supplies ``action_dim``, ``horizon`` and ``d_model``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import Registry
+
+DENOISERS: Registry["Denoiser"] = Registry("denoiser", "policy.denoiser")
+PREDICTION = "prediction"
+
+DenoiserOutput = torch.Tensor | dict[str, torch.Tensor]
+
+
+class Denoiser(nn.Module):
+    """Base class of the denoiser families: (x_t, t, prepared) -> prediction."""
+
+    def __init__(self, action_dim: int, horizon: int, d_model: int):
+        super().__init__()
+        self.action_dim = action_dim
+        self.horizon = horizon
+        self.d_model = d_model
+
+    def prepare(self, cond: torch.Tensor):
+        """Per-chunk work on the condition tokens (B, N, D); the default passes them through."""
+        return cond
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, prepared) -> DenoiserOutput:
+        raise NotImplementedError
+
+    def loss_terms(self, out: DenoiserOutput) -> dict[str, torch.Tensor]:
+        """Auxiliary losses of the last training forward pass, by name (weights come from config)."""
+        return {}
+
+
+def prediction_of(out: DenoiserOutput) -> torch.Tensor:
+    """The (B, H, A) prediction of a denoiser output."""
+    return out[PREDICTION] if isinstance(out, dict) else out
+
+
+def heads_of(out: DenoiserOutput) -> dict[str, torch.Tensor]:
+    """The extra heads of a denoiser output (empty for a plain tensor)."""
+    return {k: v for k, v in out.items() if k != PREDICTION} if isinstance(out, dict) else {}
+
