@@ -28,6 +28,7 @@ from .encoders import ObservationEncoder, ObsSpec
 from .fast_step import FastStep
 from .goals import GOAL_INPUTS, GoalEncoder
 from .processes import make_process
+from .processes.base import start_levels
 from .spec import PolicySpec
 
 
@@ -123,8 +124,7 @@ class DiffusionPolicy(nn.Module):
         x = torch.randn(shape, device=self.device, generator=generator)
         if init is not None:
             x0 = self.normalizer.normalize(self.spec.action_key, init.to(self.device).float())
-            t = t_start if torch.is_tensor(t_start) else torch.full((b,), float(t_start), device=self.device)
-            x = self.process.add_noise(x0, t.to(self.device), x)
+            x = self.process.add_noise(x0, start_levels(t_start, x0), x)
         actions, heads = self.process.sample(self.fast_step.bind(prepared), x, t_start,
                                              steps or self.spec.inference_steps)
         actions = self.normalizer.unnormalize(self.spec.action_key, actions)

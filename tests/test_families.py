@@ -108,6 +108,27 @@ def test_extra_heads_come_back_and_tracing_handles_dict_outputs(mlp_family):
     torch.testing.assert_close(traced_heads["energy"], heads["energy"], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("process", ["flow", "ddpm"])
+def test_a_chunk_can_start_from_given_actions_with_a_clean_prefix(process):
+    """``init`` + per-token ``t_start``: the prefix at level 0 comes back as given (the
+    committed actions of real-time chunking), the rest is sampled from its own level."""
+    cfg = policy_config([f"policy/process={process}", "policy.d_model=32", "policy.horizon=6",
+                         "policy.n_action_steps=3", "policy.denoiser.n_layers=1", "policy.denoiser.n_heads=2"])
+    spec = PolicySpec.from_config(cfg, {"state": [5]}, [], 2, ["a"])
+    stats = {"state": array_stats(np.random.default_rng(0).normal(size=(50, 5))),
+             "action": array_stats(np.random.default_rng(1).uniform(-2, 2, size=(50, 2)))}
+    policy = DiffusionPolicy(spec, Normalizer.from_stats(stats, spec.normalize)).eval()
+    batch = {"state": torch.randn(2, 2, 5), "task_id": torch.zeros(2, dtype=torch.long)}
+    init = torch.rand(2, 6, 2) * 2 - 1
+    t_start = torch.ones(2, 6)
+    t_start[:, :2] = 0.0
+    out = policy.predict_action_chunks(batch, 4, init=init, t_start=t_start)
+    torch.testing.assert_close(out[:, :2], init[:, :2], atol=1e-5, rtol=0)
+    assert not torch.allclose(out[:, 2:], init[:, 2:], atol=1e-3)
+    same = policy.predict_action_chunks(batch, 3, init=init, t_start=0.0)   # everything given clean
+    torch.testing.assert_close(same, init, atol=1e-5, rtol=0)
+
+
 def test_dit_takes_one_noise_level_per_token():
     torch.manual_seed(0)
     dit = DiTDenoiser(action_dim=3, horizon=5, d_model=32, n_layers=2, n_heads=4, mlp_ratio=2.0, dropout=0.0).eval()

@@ -45,6 +45,7 @@ class FlowMatchingProcess(DenoisingProcess):
         x, heads = x_init, {}
         t0 = start_levels(t_start, x)
         clean = expand_levels(t0 == 0, x)  # tokens given clean stay exactly as they are
+        hold = bool(clean.any())
         for i in range(steps):
             t_now, t_next = t0 * (1 - i / steps), t0 * (1 - (i + 1) / steps)
             dt = expand_levels(t_next - t_now, x)
@@ -54,5 +55,5 @@ class FlowMatchingProcess(DenoisingProcess):
             if self.solver == "heun" and i < steps - 1:
                 v_next = prediction_of(fn(x_next, t_next))
                 x_next = x + dt * 0.5 * (v + v_next)
-            x = torch.where(clean, x, x_next)
+            x = torch.where(clean, x, x_next) if hold else x_next
         return x, heads
