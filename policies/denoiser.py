@@ -12,6 +12,14 @@ tokens that are turned into per-chunk state once:
 heads (e.g. per-anchor scores). ``prepare`` must be pure tensor work so that the fast
 inference path (fast_step.py) can trace ``forward`` with the prepared tensors as inputs.
 
+Optional hooks:
+- ``step_inputs(t)``: tensors that depend on the noise level alone and are worth computing
+  once per level rather than inside every step (fused experts of a noise-routed mixture).
+  When it returns a pytree instead of None, inference calls ``forward(x_t, t, prepared,
+  step)`` with it, outside the traced graph, so a family can cache it by level.
+- ``log_values(out)``: training diagnostics (floats) logged beside the loss terms.
+- ``write_diagnostics(directory)``: files (plots) written after an evaluation.
+
 A family is a module that subclasses ``Denoiser``, registers itself with
 ``@DENOISERS.register("<name>")``, and a yaml under ``configs/policy/denoiser/`` whose keys
 are its constructor's options. The policy supplies ``action_dim``, ``horizon`` and ``d_model``.
@@ -49,6 +57,18 @@ class Denoiser(nn.Module):
     def loss_terms(self, out: DenoiserOutput) -> dict[str, torch.Tensor]:
         """Auxiliary losses of the last training forward pass, by name (weights come from config)."""
         return {}
+
+    def step_inputs(self, t: torch.Tensor):
+        """Per-level inputs computed outside the traced step at inference; None: none."""
+        return None
+
+    def log_values(self, out: DenoiserOutput) -> dict[str, float]:
+        """Training diagnostics of a forward pass, by name."""
+        return {}
+
+    def write_diagnostics(self, directory) -> list:
+        """Files written after an evaluation (e.g. plots); returns their paths."""
+        return []
 
 
 def prediction_of(out: DenoiserOutput) -> torch.Tensor:

@@ -10,7 +10,9 @@ arithmetic. Two ways around it, both keyed by the input shapes and built on firs
 
 A family's ``prepare`` may return any pytree (dicts, lists, tuples) of tensors: it is
 flattened into plain tensor inputs of the graph and rebuilt inside it, so the per-chunk
-work stays outside the step and the step needs no knowledge of the family.
+work stays outside the step and the step needs no knowledge of the family. A family's
+per-level ``step_inputs(t)`` (denoiser.py) are computed outside the graph each step and
+enter it the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class _FlatStep(nn.Module):
         self.spec = spec
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, *leaves: torch.Tensor) -> DenoiserOutput:
-        return self.denoiser(x, t, pytree.tree_unflatten(list(leaves), self.spec))
+        return self.denoiser(x, t, *pytree.tree_unflatten(list(leaves), self.spec))
 
 
 class FastStep:
@@ -61,15 +63,24 @@ class FastStep:
 
     def bind(self, prepared) -> Callable[[torch.Tensor, torch.Tensor], DenoiserOutput]:
         """``fn(x, t)`` for one chunk: the prepared condition is flattened once here, not per step."""
+        denoiser = self.denoiser
         if self.mode == "eager":
-            return lambda x, t: self.denoiser(x, t, prepared)
-        leaves, spec = pytree.tree_flatten(prepared)
+            def eager(x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+                extra = denoiser.step_inputs(t)
+                return denoiser(x, t, prepared) if extra is None else denoiser(x, t, prepared, extra)
+            return eager
+        leaves, spec = pytree.tree_flatten((prepared,))
         chunk_key = (str(spec), *(tuple(v.shape) for v in leaves))
 
         def step(x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
-            key = (tuple(x.shape), tuple(t.shape), x.device, x.dtype, chunk_key)
+            extra = denoiser.step_inputs(t)
+            args, args_spec, key = leaves, spec, chunk_key
+            if extra is not None:
+                args, args_spec = pytree.tree_flatten((prepared, extra))
+                key = (str(args_spec), *(tuple(v.shape) for v in args))
+            key = (tuple(x.shape), tuple(t.shape), x.device, x.dtype, key)
             graph = self._graphs.get(key)
             if graph is None:
-                graph = self._graphs[key] = self._build(x, t, leaves, spec)
-            return graph(x, t, *leaves)
+                graph = self._graphs[key] = self._build(x, t, args, args_spec)
+            return graph(x, t, *args)
         return step

@@ -105,6 +105,7 @@ class DiffusionPolicy(nn.Module):
         loss = sum(self.loss_weights[name] * value for name, value in terms.items())
         logs = {f"loss/{name}": float(value.detach()) for name, value in terms.items()}
         logs["loss"] = float(loss.detach())
+        logs.update(self.denoiser.log_values(out))
         return loss, logs
 
     # ------------------------------------------------------------------ inference
