@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,18 @@ def info(cfg: DictConfig) -> int:
     from .datasets.summary import summarize
 
     print(summarize(DemoStore.open(cfg.store), with_stats=bool(cfg.stats)))
+    return 0
+
+
+def verify(cfg: DictConfig) -> int:
+    from .datasets.verify import verify_store
+
+    report = verify_store(str(cfg.store))
+    print(report.text())
+    if not report.ok:
+        print(f"ditpolicy verify: {len(report.problems)} problem(s) in store {cfg.store}: "
+              + "; ".join(report.problems[:3]), file=sys.stderr)
+        return 1
     return 0
 
 
