@@ -46,9 +46,6 @@ def check_text(store: str, name: str, value) -> str:
 
 def _stored_value(store: str, key: str, value: np.ndarray, kind: str) -> np.ndarray:
     """``value`` as it will be stored (uint8 images, float32 otherwise), or BadEpisodeError."""
-    if value.dtype.kind not in NUMERIC_KINDS:
-        raise BadEpisodeError(store, f"data/{key} has dtype {value.dtype}, which is not numeric: only numbers "
-                                     "and uint8 images are stored (text goes in task/instruction); episode not written")
     if kind == "image":
         if value.dtype != np.uint8:
             raise BadEpisodeError(store, f"data/{key} holds images of the store, which are uint8, but the episode "
@@ -85,6 +82,9 @@ def check_episode(
             raise BadEpisodeError(store, f"bad key {key!r}: keys are non-empty strings without '/' or a leading '.'")
     data = {k: np.asarray(v) for k, v in data.items()}
     for key, value in data.items():
+        if value.dtype.kind not in NUMERIC_KINDS:
+            raise BadEpisodeError(store, f"data/{key} has dtype {value.dtype}, which is not numeric: only numbers "
+                                         "and uint8 images are stored (text goes in task/instruction); episode not written")
         if value.ndim == 0:
             raise BadEpisodeError(store, f"data/{key} is a scalar; per-step arrays need a time axis (T, ...)")
     has_action = ACTION_KEY in data if has_action is None else bool(has_action)

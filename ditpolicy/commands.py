@@ -33,9 +33,6 @@ def _setting(cfg: DictConfig, key: str, kind: str):
 
 
 def collect(cfg: DictConfig) -> int:
-    from .envs.collect import collect as run_collect
-    from .envs.collect import format_reports
-
     if cfg.env.name != "metaworld":
         raise ValueError(f"env={cfg.env.name!r}: collection supports env=metaworld")
     try:
@@ -50,6 +47,9 @@ def collect(cfg: DictConfig) -> int:
     except SettingError as exc:
         print(f"ditpolicy collect: {exc}", file=sys.stderr)
         return 2
+    from .envs.collect import collect as run_collect
+    from .envs.collect import format_reports
+
     reports = run_collect(
         task=OmegaConf.to_object(cfg.task) if OmegaConf.is_list(cfg.task) else cfg.task, out=cfg.out,
         cameras=list(cfg.env.cameras), **args,
