@@ -24,10 +24,7 @@ META_ARRAYS = ("episode_ends", "task_id", "instruction_id", "success", "has_acti
 def check_lengths(store: DemoStore) -> None:
     """Every meta array holds the committed episodes and every data array the committed steps."""
     for name in META_ARRAYS:
-        try:
-            rows = store.root[f"meta/{name}"].shape[0]
-        except KeyError:
-            raise MissingKeyError(store.path, f"missing key 'meta/{name}'") from None
+        rows = store.zarr_array(f"meta/{name}").shape[0]
         if rows < store.n_episodes:
             raise StoreError(store.path, f"meta/{name} holds {rows} entries but {store.n_episodes} "
                                          "episodes are committed")
@@ -76,15 +73,16 @@ def checked_arrays(store: DemoStore) -> list[str]:
     """
     names = [f"data/{key}" for key in store.key_kinds]
     if store.version >= 2:
-        names += [f"meta/{name}" for name in META_ARRAYS + ("seed", "segments") if f"meta/{name}" in store.root]
+        names += [f"meta/{name}" for name in META_ARRAYS + ("seed", "segments") if store.has_array(f"meta/{name}")]
     return names
 
 
 def absent_chunks(store: DemoStore, name: str) -> np.ndarray:
     """(K, ndim) coordinates of the chunks of ``name`` that should hold committed rows but are absent."""
-    gone = missing_chunks(store.root, name, committed_rows(store, name), store.local_dir)
+    arr = store.zarr_array(name)
+    gone = missing_chunks(store.root, name, committed_rows(store, name), store.local_dir, arr)
     if len(gone) and store.version < 2 and name == f"data/{ACTION_KEY}":
-        gone = _drop_action_free_chunks(store, store.root[name], gone)
+        gone = _drop_action_free_chunks(store, arr, gone)
     return gone
 
 
@@ -96,7 +94,7 @@ def check_chunks_present(store: DemoStore, name: str) -> None:
         more = f" ({len(gone)} chunks missing in all)" if len(gone) > 1 else ""
         raise MissingChunkError(
             store.path,
-            f"{describe_chunk(store.root[name], name, first, committed_rows(store, name))} is missing from the "
+            f"{describe_chunk(store.zarr_array(name), name, first, committed_rows(store, name))} is missing from the "
             f"store{more}; reading it would give fill values instead of data. Restore the store from a copy "
             "(or collect it again)",
         )

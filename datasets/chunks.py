@@ -91,13 +91,13 @@ def _parse_keys(keys, separator: str, ndim: int) -> np.ndarray:
     return np.asarray(coords, np.int64).reshape(-1, ndim)
 
 
-def present_chunks(root: zarr.Group, name: str, local_dir: str | None) -> np.ndarray:
-    """(K, ndim) coordinates of the chunks of array ``name`` that exist in the store.
+def present_chunks(root: zarr.Group, name: str, local_dir: str | None, arr: zarr.Array | None = None) -> np.ndarray:
+    """(K, ndim) coordinates of the chunks of array ``name`` (``arr``, if at hand) that exist in the store.
 
     local_dir: the store's directory for a local store (listed with ``os.scandir``/``os.walk``);
     None lists through the zarr store API (any fsspec store).
     """
-    arr = root[name]
+    arr = root[name] if arr is None else arr
     separator = arr.metadata.chunk_key_encoding.to_dict().get("configuration", {}).get("separator", "/")
     if local_dir is not None:
         base = Path(local_dir) / name
@@ -122,13 +122,14 @@ def present_chunks(root: zarr.Group, name: str, local_dir: str | None) -> np.nda
     return _parse_keys(keys, separator, arr.ndim)
 
 
-def missing_chunks(root: zarr.Group, name: str, n_rows: int, local_dir: str | None) -> np.ndarray:
+def missing_chunks(root: zarr.Group, name: str, n_rows: int, local_dir: str | None,
+                   arr: zarr.Array | None = None) -> np.ndarray:
     """(K, ndim) coordinates of chunks inside the first ``n_rows`` rows that are absent."""
-    arr = root[name]
+    arr = root[name] if arr is None else arr
     want = expected_chunks(arr, n_rows)
     if not len(want):
         return want
-    have = present_chunks(root, name, local_dir)
+    have = present_chunks(root, name, local_dir, arr)
     grid = (int(want[:, 0].max()) + 1,) + tuple(arr.cdata_shape[1:])
     have = have[(have < np.asarray(grid)).all(axis=1)] if len(have) else have
     have_flat = np.ravel_multi_index(tuple(have.T), grid) if len(have) else np.zeros(0, np.int64)

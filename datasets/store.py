@@ -78,6 +78,7 @@ class DemoStore:
         self.key_kinds: dict[str, str] = dict(record.get("keys", {}))
         self.local_dir: str | None = None if "://" in self.path else self.path
         self._meta_cache: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, zarr.Array] = {}
         if check:
             self._validate()
 
@@ -107,14 +108,31 @@ class DemoStore:
         for key in self.lowdim_keys:
             check_finite(self, key, self.read(key))
 
+    # ------------------------------------------------------------------ arrays
+    def zarr_array(self, name: str) -> zarr.Array:
+        """The zarr array at ``name`` (``data/<key>`` or ``meta/<name>``), looked up once."""
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self.root[name]
+            except KeyError:
+                if name.startswith("data/"):
+                    have = ", ".join(sorted(self.key_kinds)) or "none"
+                    raise MissingKeyError(self.path, f"missing key '{name}' (keys: {have})") from None
+                raise MissingKeyError(self.path, f"missing key '{name}'") from None
+        return self._arrays[name]
+
+    def has_array(self, name: str) -> bool:
+        try:
+            self.zarr_array(name)
+        except MissingKeyError:
+            return False
+        return True
+
     # ------------------------------------------------------------------ meta
     def meta_array(self, name: str) -> np.ndarray:
         """The committed rows of ``meta/<name>`` (E,), read once."""
         if name not in self._meta_cache:
-            try:
-                arr = CheckedArray(self.path, f"meta/{name}", self.root[f"meta/{name}"])
-            except KeyError:
-                raise MissingKeyError(self.path, f"missing key 'meta/{name}'") from None
+            arr = CheckedArray(self.path, f"meta/{name}", self.zarr_array(f"meta/{name}"))
             self._meta_cache[name] = arr[: max(self.n_episodes, 0)] if arr.shape[0] else np.zeros(0, arr.dtype)
         return self._meta_cache[name]
 
@@ -147,7 +165,7 @@ class DemoStore:
     @property
     def seeds(self) -> np.ndarray:
         """(E,) int64 reset seed of each episode; -1 where none was recorded (and for old stores)."""
-        if "meta/seed" not in self.root:
+        if not self.has_array("meta/seed"):
             return np.full(self.n_episodes, -1, np.int64)
         seeds = self.meta_array("seed")[: self.n_episodes].astype(np.int64)
         return np.concatenate([seeds, np.full(self.n_episodes - len(seeds), -1, np.int64)])
@@ -164,7 +182,7 @@ class DemoStore:
         count = int(self.record.get("n_segments", 0))
         if count == 0:
             return []
-        rows = CheckedArray(self.path, "meta/segments", self.root["meta/segments"])[:count]
+        rows = CheckedArray(self.path, "meta/segments", self.zarr_array("meta/segments"))[:count]
         return [Segment(int(s), int(e), self.texts[int(t)]) for s, e, t in rows]
 
     @property
@@ -208,11 +226,7 @@ class DemoStore:
     def array(self, key: str) -> CheckedArray:
         """The zarr array behind ``data/<key>`` (may hold uncommitted steps past ``n_steps``), with
         reads that raise CorruptChunkError naming the chunk."""
-        try:
-            return CheckedArray(self.path, f"data/{key}", self.root[f"data/{key}"])
-        except KeyError:
-            have = ", ".join(sorted(self.key_kinds)) or "none"
-            raise MissingKeyError(self.path, f"missing key 'data/{key}' (keys: {have})") from None
+        return CheckedArray(self.path, f"data/{key}", self.zarr_array(f"data/{key}"))
 
     def read(self, key: str) -> np.ndarray:
         """All committed steps of ``data/<key>``: (N, ...)."""

@@ -48,7 +48,7 @@ def _message(exc: StoreError) -> str:
 
 def _check_array(store: DemoStore, name: str, presence_checked: bool) -> tuple[list[str], int, bool]:
     """Problems of one array, its chunk count, and whether it carries checksums."""
-    arr = store.root[name]
+    arr = store.zarr_array(name)
     n_rows = committed_rows(store, name)
     problems: list[str] = []
     if arr.shape[0] < n_rows:
@@ -117,13 +117,13 @@ def verify_store(path: str) -> VerifyReport:
     presence = set(checked_arrays(store))
     names = [f"data/{key}" for key in store.key_kinds]
     names += [f"meta/{n}" for n in ("episode_ends", "task_id", "instruction_id", "success", "has_action", "seed",
-                                    "segments") if f"meta/{n}" in store.root]
+                                    "segments") if store.has_array(f"meta/{n}")]
     report.lines.append("arrays:")
     tails = []
     for name in names:
         problems, n_chunks, checksum = _check_array(store, name, name in presence)
         report.problems += problems
-        arr = store.root[name]
+        arr = store.zarr_array(name)
         status = "ok" if not problems else f"{len(problems)} problem(s)"
         if name not in presence:
             status += " (chunk presence not checkable: v1 skipped all-zero chunks)"
