@@ -16,7 +16,7 @@ class SettingError(ValueError):
 
 def _setting(cfg: DictConfig, key: str, kind: str):
     """``cfg.<key>`` checked: kind is 'count' (integer >= 1), 'index' (integer >= 0),
-    'positive' (number > 0) or 'flag' (true/false)."""
+    'positive' (number > 0), 'seconds' (number >= 0) or 'flag' (true/false)."""
     value = OmegaConf.select(cfg, key)
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "flag":
@@ -27,6 +27,9 @@ def _setting(cfg: DictConfig, key: str, kind: str):
             need = "a positive integer" if kind == "count" else "an integer >= 0"
             raise SettingError(f"{key} must be {need}, got {value!r}")
         value = int(value)
+    elif kind == "seconds":
+        if not (number and value >= 0):
+            raise SettingError(f"{key} must be a number of seconds >= 0, got {value!r}")
     elif not (number and np.isfinite(value) and value > 0):
         raise SettingError(f"{key} must be a positive number, got {value!r}")
     return value
@@ -43,6 +46,7 @@ def collect(cfg: DictConfig) -> int:
             steps_after_success=_setting(cfg, "env.steps_after_success", "index"),
             max_attempts_factor=float(_setting(cfg, "max_attempts_factor", "positive")),
             keep_failed=_setting(cfg, "keep_failed", "flag"), overwrite=_setting(cfg, "overwrite", "flag"),
+            wait=float(_setting(cfg, "wait", "seconds")),
         )
     except SettingError as exc:
         print(f"ditpolicy collect: {exc}", file=sys.stderr)
