@@ -85,8 +85,12 @@ class StoreLock:
             raise ValueError(f"wait must be >= 0 seconds, got {wait}")
         if Path(self.store).exists() and not Path(self.store).is_dir():
             raise StoreError(self.store, "is a file, not a store directory")
-        Path(self.store).mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            Path(self.store).mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(self.store, f"cannot open the writer lock {self.file} ({exc.strerror}); "
+                                         "writing needs a writable local directory") from exc
         started = time.monotonic()
         unnamed_since = None
         while True:
