@@ -1,6 +1,6 @@
 """Writer processes for the store tests, run as ``python tests/store_procs.py <command> ...``.
 
-    append PATH SEED COUNT WAIT GO HOLD   wait for file GO, open a writer (wait WAIT s), print
+    append PATH SEED COUNT WAIT GO HOLD   print "ready", wait for file GO, open a writer (wait WAIT s), print
                                           "locked", wait for file HOLD ('-': don't), append
                                           COUNT episodes of episodes_for(SEED), print timings
     hold PATH COUNT                       append COUNT episodes, print "holding", sleep
@@ -39,6 +39,7 @@ def wait_for(path: str) -> None:
 
 
 def append(path, seed, count, wait, go, hold) -> None:
+    print("ready", flush=True)
     wait_for(go)
     times = {"start_try": time.time()}
     try:

@@ -23,6 +23,13 @@ def start(*args):
                             stderr=subprocess.PIPE, text=True)
 
 
+def release_together(procs, go):
+    """Let writer processes past their start line at the same moment, once all have started."""
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    go.touch()
+
+
 def assert_episodes(store, expected):
     """The store holds exactly ``expected`` [(task, episode dict)], bit for bit."""
     assert store.n_episodes == len(expected)
@@ -40,7 +47,7 @@ def test_second_writer_process_is_refused_naming_store_and_holder(tmp_path):
         seeds = (10 * trial + 1, 10 * trial + 2)
         go, hold = tmp_path / f"go{trial}", tmp_path / f"hold{trial}"
         procs = {seed: start("append", path, seed, 4, 0, go, hold) for seed in seeds}
-        go.touch()
+        release_together(procs.values(), go)
         deadline = time.monotonic() + 60
         while all(p.poll() is None for p in procs.values()):
             assert time.monotonic() < deadline, "neither writer was refused"
@@ -55,7 +62,7 @@ def test_second_writer_process_is_refused_naming_store_and_holder(tmp_path):
         hold.touch()
         out, err = winner.communicate(timeout=60)
         assert winner.returncode == 0, err
-        assert out.startswith("locked")
+        assert out.splitlines()[0] == "locked"
         expected += [(f"writer{winner_seed}", ep) for ep in episodes_for(winner_seed, 4)]
         assert_episodes(DemoStore.open(path), expected)
 
@@ -64,7 +71,7 @@ def test_waiting_writers_are_serialised_and_lose_nothing(tmp_path):
     path = tmp_path / "queue.zarr"
     go = tmp_path / "go"
     procs = {seed: start("append", path, seed, 6, 60, go, "-") for seed in (1, 2)}
-    go.touch()
+    release_together(procs.values(), go)
     times = {}
     for seed, proc in procs.items():
         out, err = proc.communicate(timeout=120)
