@@ -7,8 +7,9 @@ Prints tables and writes JSON.
     python bench/data_throughput.py                       # makes the stores if missing
     python bench/data_throughput.py --lowdim-store S --image-store S --out outputs/bench/data.json
 
-The stores are collected with Meta-World's experts when absent: MT10 x 50 episodes (state)
-and 3 tasks x 10 episodes with the corner camera at 84x84; their v1 twins are copies.
+The stores are collected with Meta-World's experts when absent or incomplete: MT10 x 50
+episodes (state) and 3 tasks x 10 episodes with the corner camera at 84x84; their v1 twins
+are copies.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ IMAGE_TASKS = ["reach-v3", "push-v3", "drawer-close-v3"]
 
 
 def ensure_store(path: str, **collect_args) -> DemoStore:
-    if not Path(path).exists():
-        print(f"collecting {path} ...")
-        print(format_reports(collect(out=path, **collect_args)))
+    """The store at ``path``, collected or completed (collect continues a partial store)."""
+    reports = collect(out=path, progress=False, **collect_args)
+    if any(r.kept for r in reports):
+        print(f"collected {path}:\n{format_reports(reports)}")
     return DemoStore.open(path)
 
 
