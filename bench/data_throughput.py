@@ -108,7 +108,8 @@ def integrity_cases(lowdim: DemoStore, image: DemoStore, lowdim_v1: str, image_v
             lambda: SequenceSampler(DemoStore.open(off_low.path, check=False), ["state"], n_obs=args.n_obs,
                                     horizon=args.horizon), 1),
         "low-dim read, all steps of state (MB/s)": (
-            lambda: lowdim.read("state"), lambda: off_low.root["data/state"][: off_low.n_steps], low_mb),
+            lambda: lowdim.array("state")[: lowdim.n_steps], lambda: off_low.root["data/state"][: off_low.n_steps],
+            low_mb),
         f"low-dim sampler, batch {args.batch} (windows/s)": (
             lambda: lowdim_samplers[True].sample_batch(low_windows),
             lambda: lowdim_samplers[False].sample_batch(low_windows), args.batch),

@@ -79,6 +79,7 @@ class DemoStore:
         self.local_dir: str | None = None if "://" in self.path else self.path
         self._meta_cache: dict[str, np.ndarray] = {}
         self._arrays: dict[str, zarr.Array] = {}
+        self._lowdim: dict[str, np.ndarray] = {}
         if check:
             self._validate()
 
@@ -229,8 +230,18 @@ class DemoStore:
         return CheckedArray(self.path, f"data/{key}", self.zarr_array(f"data/{key}"))
 
     def read(self, key: str) -> np.ndarray:
-        """All committed steps of ``data/<key>``: (N, ...)."""
-        return self.array(key)[: self.n_steps]
+        """All committed steps of ``data/<key>``: (N, ...).
+
+        Low-dim keys are read once (opening the store reads them to check them) and returned
+        as the same read-only array each time; image keys are read anew.
+        """
+        if key in self._lowdim:
+            return self._lowdim[key]
+        values = self.array(key)[: self.n_steps]
+        if self.key_kinds.get(key) == "lowdim":
+            values.setflags(write=False)
+            self._lowdim[key] = values
+        return values
 
     def episode(self, index: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         if not 0 <= index < self.n_episodes:
