@@ -1,32 +1,42 @@
-"""Sequence-sampler throughput on a low-dim MT10 store and an 84x84 image store, plus the
-image store's size on disk per 1,000 frames. Prints a table and writes JSON.
+"""Sequence-sampler throughput on a low-dim MT10 store and an 84x84 image store, the image
+store's size on disk per 1,000 frames, and the cost of the integrity checks: the same data
+read with checks on (format v2: crc32c on every chunk, checks at open, reads that name a bad
+chunk) and off (a v1-layout twin without checksums, opened unchecked, raw zarr reads).
+Prints tables and writes JSON.
 
     python bench/data_throughput.py                       # makes the stores if missing
     python bench/data_throughput.py --lowdim-store S --image-store S --out outputs/bench/data.json
 
-The stores are collected with Meta-World's experts when absent: MT10 x 50 episodes (state)
-and 3 tasks x 10 episodes with the corner camera at 84x84.
+The stores are collected with Meta-World's experts when absent or incomplete: MT10 x 50
+episodes (state) and 3 tasks x 10 episodes with the corner camera at 84x84; their v1 twins
+are copies.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# bench/metaworld.py would shadow the metaworld package that collection imports
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from ditpolicy.datasets import DemoStore, SequenceSampler
-from ditpolicy.envs.collect import collect, format_reports
+import numpy as np  # noqa: E402
+
+from ditpolicy.datasets import DemoStore, EpisodeWriter, SequenceSampler  # noqa: E402
+from ditpolicy.envs.collect import collect, format_reports  # noqa: E402
 
 IMAGE_TASKS = ["reach-v3", "push-v3", "drawer-close-v3"]
 
 
 def ensure_store(path: str, **collect_args) -> DemoStore:
-    if not Path(path).exists():
-        print(f"collecting {path} ...")
-        print(format_reports(collect(out=path, **collect_args)))
+    """The store at ``path``, collected or completed (collect continues a partial store)."""
+    reports = collect(out=path, progress=False, **collect_args)
+    if any(r.kept for r in reports):
+        print(f"collected {path}:\n{format_reports(reports)}")
     return DemoStore.open(path)
 
 
@@ -43,6 +53,85 @@ def windows_per_second(sampler: SequenceSampler, batch: int, seconds: float, rep
     return float(np.median(rates))
 
 
+def v1_twin(store: DemoStore, path: str) -> DemoStore:
+    """The same episodes in the v1 layout (no checksums), written once."""
+    if not Path(path).exists():
+        print(f"copying {store.path} to the v1 layout at {path} ...")
+        with EpisodeWriter(path, format_version=1) as writer:
+            for i in range(store.n_episodes):
+                writer.add_episode(store.episode(i), task=store.task_name(i), instruction=store.instruction(i),
+                                   success=bool(store.success[i]), has_action=bool(store.has_action[i]),
+                                   seed=int(store.seeds[i]))
+    return DemoStore.open(path, check=False)
+
+
+def median_rate(fn, units: float, seconds: float, repeats: int = 5) -> float:
+    """Median over ``repeats`` runs of ``units`` per second of ``fn`` (each run lasts ~seconds/repeats)."""
+    rates = []
+    for _ in range(repeats):
+        count, start = 0, time.perf_counter()
+        while True:
+            fn()
+            count += 1
+            if time.perf_counter() - start >= seconds / repeats:
+                break
+        rates.append(count * units / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def integrity_cases(lowdim: DemoStore, image: DemoStore, lowdim_v1: str, image_v1: str, args) -> list[dict]:
+    """Throughput with checks on (v2 store, DemoStore reads) and off (v1 twin, raw zarr arrays).
+
+    The two sides are measured alternately, ``rounds`` times, and the medians compared, so a
+    neighbour's load on the CPU hits both alike.
+    """
+    off_low, off_img = v1_twin(lowdim, lowdim_v1), v1_twin(image, image_v1)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, image.n_steps, 64)
+    low_mb = lowdim.n_steps * 39 * 4 / 1e6
+
+    def lazy_sampler(store, raw):
+        sampler = SequenceSampler(store, ["rgb_corner", "proprio"], n_obs=args.n_obs, horizon=args.horizon,
+                                  image_cache_bytes=0)
+        if raw:  # plain zarr reads, no chunk naming on failure
+            sampler.arrays["rgb_corner"] = store.root["data/rgb_corner"]
+        return sampler
+
+    samplers = {True: lazy_sampler(image, False), False: lazy_sampler(off_img, True)}
+    lowdim_samplers = {True: SequenceSampler(lowdim, ["state"], n_obs=args.n_obs, horizon=args.horizon),
+                       False: SequenceSampler(off_low, ["state"], n_obs=args.n_obs, horizon=args.horizon)}
+    windows = rng.integers(0, len(samplers[True]), 64)
+    low_windows = rng.integers(0, len(lowdim_samplers[True]), args.batch)
+    cases = {
+        "open + low-dim sampler setup (setups/s)": (
+            lambda: SequenceSampler(DemoStore.open(lowdim.path), ["state"], n_obs=args.n_obs, horizon=args.horizon),
+            lambda: SequenceSampler(DemoStore.open(off_low.path, check=False), ["state"], n_obs=args.n_obs,
+                                    horizon=args.horizon), 1),
+        "low-dim read, all steps of state (MB/s)": (
+            lambda: lowdim.array("state")[: lowdim.n_steps], lambda: off_low.root["data/state"][: off_low.n_steps],
+            low_mb),
+        f"low-dim sampler, batch {args.batch} (windows/s)": (
+            lambda: lowdim_samplers[True].sample_batch(low_windows),
+            lambda: lowdim_samplers[False].sample_batch(low_windows), args.batch),
+        "image decode, 64 random frames (frames/s)": (
+            lambda: image.array("rgb_corner").get_orthogonal_selection((np.unique(frames),)),
+            lambda: off_img.root["data/rgb_corner"].get_orthogonal_selection((np.unique(frames),)),
+            len(np.unique(frames))),
+        "image sampler decoded from zarr, batch 64 (windows/s)": (
+            lambda: samplers[True].sample_batch(windows), lambda: samplers[False].sample_batch(windows), 64),
+    }
+    rows = []
+    for name, (on, off, units) in cases.items():
+        on_rates, off_rates = [], []
+        for _ in range(args.rounds):
+            on_rates.append(median_rate(on, units, args.seconds / args.rounds / 2, repeats=3))
+            off_rates.append(median_rate(off, units, args.seconds / args.rounds / 2, repeats=3))
+        on_rate, off_rate = float(np.median(on_rates)), float(np.median(off_rates))
+        rows.append({"case": name, "checks_on": on_rate, "checks_off": off_rate,
+                     "cost_percent": 100.0 * (off_rate / on_rate - 1.0)})
+    return rows
+
+
 def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -55,6 +144,7 @@ def main() -> None:
     parser.add_argument("--n-obs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of checks on/off per integrity case")
     parser.add_argument("--out", default="outputs/bench/data_throughput.json")
     args = parser.parse_args()
 
@@ -72,11 +162,14 @@ def main() -> None:
     measure("image 84x84 + proprio, in-memory cache", image, ["rgb_corner", "proprio"], args.batch)
     measure("image 84x84 + proprio, decoded from zarr", image, ["rgb_corner", "proprio"], 64, image_cache_bytes=0)
 
+    integrity = integrity_cases(lowdim, image, args.lowdim_store.replace(".zarr", "_v1.zarr"),
+                                args.image_store.replace(".zarr", "_v1.zarr"), args)
+
     image_dir = Path(args.image_store) / "data" / "rgb_corner"
     per_1000 = disk_bytes(image_dir) / image.n_steps * 1000
     raw_per_1000 = 84 * 84 * 3 * 1000
     result = {
-        "horizon": args.horizon, "n_obs": args.n_obs, "cases": rows,
+        "horizon": args.horizon, "n_obs": args.n_obs, "cases": rows, "integrity": integrity,
         "lowdim_store": {"path": args.lowdim_store, "episodes": lowdim.n_episodes, "steps": lowdim.n_steps},
         "image_store": {"path": args.image_store, "episodes": image.n_episodes, "frames": image.n_steps,
                         "bytes_per_1000_frames": per_1000, "raw_bytes_per_1000_frames": raw_per_1000},
@@ -87,6 +180,10 @@ def main() -> None:
         print(f"{r['case']:<42} {r['windows']:>9} {r['batch']:>6} {r['windows_per_s']:>12,.0f}")
     print(f"\nimage store: {image.n_steps} frames, {per_1000 / 1e6:.2f} MB per 1,000 84x84 frames "
           f"(raw {raw_per_1000 / 1e6:.2f} MB, ratio {raw_per_1000 / per_1000:.1f}x)")
+    print("\nintegrity checks on (v2: crc32c, checked open and reads) vs off (v1 twin, raw zarr), same data")
+    print(f"{'case':<52} {'on':>12} {'off':>12} {'cost':>7}")
+    for r in integrity:
+        print(f"{r['case']:<52} {r['checks_on']:>12,.1f} {r['checks_off']:>12,.1f} {r['cost_percent']:>6.1f}%")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -23,4 +23,16 @@ class StoreVersionError(StoreError):
 
 
 class BadEpisodeError(StoreError):
-    """An episode handed to the writer is malformed (shapes, dtypes, NaN/inf)."""
+    """An episode handed to the writer is malformed (shapes, dtypes, NaN/inf, overflow)."""
+
+
+class StoreLockedError(StoreError):
+    """Another writer holds the store's writer lock."""
+
+
+class CorruptChunkError(StoreError):
+    """A chunk of an array fails its checksum or cannot be decoded."""
+
+
+class MissingChunkError(StoreError):
+    """A chunk inside the committed extent of an array is absent from the store."""

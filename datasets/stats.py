@@ -1,4 +1,6 @@
-"""Per-dimension dataset statistics, computed once and kept in the store's commit record."""
+"""Per-dimension dataset statistics, computed once and kept in the store's commit record
+together with the episode and step counts they were computed on (``DemoStore.stats`` is
+empty when those differ from the commit)."""
 
 from __future__ import annotations
 
@@ -39,8 +41,15 @@ def compute_stats(store: DemoStore, seed: int = 0) -> dict[str, dict[str, np.nda
     return stats
 
 
-def write_store_stats(path: str) -> dict[str, dict[str, np.ndarray]]:
-    """Compute the statistics of a store and save them in it; returns them."""
-    stats = compute_stats(DemoStore.open(path))
-    EpisodeWriter(path).write_stats(stats)
+def write_store_stats(path: str, wait: float = 0.0) -> dict[str, dict[str, np.ndarray]]:
+    """Compute the statistics of a store and save them in it; returns them.
+
+    Holds the writer lock throughout (``wait`` as for EpisodeWriter), so the statistics are
+    those of the episodes committed when they are saved.
+    """
+    DemoStore.open(path, check=False)  # names a missing store instead of creating one
+    with EpisodeWriter(path, wait=wait) as writer:
+        store = writer.reader()
+        stats = compute_stats(store)
+        writer.write_stats(stats, n_steps=store.n_steps)
     return stats

@@ -3,18 +3,27 @@
 Layout (time on axis 0 of every ``data/`` array, E = episodes, N = steps, S = segments)::
 
     <store>/                       root group; attrs["ditpolicy"] holds the commit record
+      writer.lock                  the writer lock (see ``lock.py``); not part of the data
       data/<key>                   (N, ...) low-dim float32 or uint8 images (one frame a chunk)
       meta/episode_ends            (E,) int64, exclusive end step of each episode
       meta/task_id                 (E,) int32, index into the ``tasks`` table
       meta/instruction_id          (E,) int32, index into the ``texts`` table (-1: none)
       meta/success                 (E,) bool
       meta/has_action              (E,) bool, False for action-free (video only) episodes
+      meta/seed                    (E,) int64, the reset seed of each episode (-1: unknown);
+                                   absent in stores written before it existed
       meta/segments                (S, 3) int64: start step, end step, text id (language
                                    segments of partially annotated play data)
 
 The commit record ``attrs["ditpolicy"]`` counts the committed episodes, steps and segments
-and carries the tables (task names, texts, key kinds, statistics). It is written last and in
-one atomic file replace, so whatever a killed writer left behind it is simply not visible.
+and carries the tables (task names, texts, key kinds, statistics and the step count they
+were computed on). It is written last and in one atomic file replace, so whatever a killed
+writer left behind it is simply not visible.
+
+Format versions: v2 (written now) adds a crc32c checksum to every chunk and writes every
+chunk (see ``chunks.py``); v1 stores (no checksums) are still read. Opening checks the
+commit record, the meta arrays, that every chunk of the committed extent is present, and
+that every low-dim value is finite; bad chunks found later name the array and chunk.
 """
 
 from __future__ import annotations
@@ -27,12 +36,16 @@ import numpy as np
 import zarr
 
 from . import image_codec  # noqa: F401  (registers the image codec with zarr)
+from .checks import (
+    ACTION_KEY, META_ARRAYS, check_chunks_present, check_episode_ends, check_finite, check_lengths, checked_arrays,
+)
+from .chunks import CheckedArray
 from .errors import MissingKeyError, StoreError, StoreVersionError
 
 FORMAT_NAME = "ditpolicy.demos"
-FORMAT_VERSION = 1
-ACTION_KEY = "action"
-META_ARRAYS = ("episode_ends", "task_id", "instruction_id", "success", "has_action")
+FORMAT_VERSION = 2
+
+__all__ = ["ACTION_KEY", "FORMAT_NAME", "FORMAT_VERSION", "META_ARRAYS", "DemoStore", "Segment", "read_record"]
 
 
 @dataclass
@@ -52,21 +65,32 @@ class DemoStore:
     >>> episode = store.episode(0)          # dict key -> (T, ...) arrays
     """
 
-    def __init__(self, path: str | Path, root: zarr.Group, record: dict):
+    def __init__(self, path: str | Path, root: zarr.Group, record: dict, check: bool = True):
         self.path = str(path)
         self.root = root
         self.record = record
+        self.version: int = int(record.get("version", 1))
         self.n_episodes: int = int(record["n_episodes"])
         self.n_steps: int = int(record["n_steps"])
-        self.tasks: list[str] = list(record.get("tasks", []))
-        self.texts: list[str] = list(record.get("texts", []))
+        # v1 writers accepted task=None; show it as an empty name rather than fail on it
+        self.tasks: list[str] = ["" if t is None else str(t) for t in record.get("tasks", [])]
+        self.texts: list[str] = ["" if t is None else str(t) for t in record.get("texts", [])]
         self.key_kinds: dict[str, str] = dict(record.get("keys", {}))
+        self.local_dir: str | None = None if "://" in self.path else self.path
         self._meta_cache: dict[str, np.ndarray] = {}
-        self._validate()
+        self._arrays: dict[str, zarr.Array] = {}
+        self._lowdim: dict[str, np.ndarray] = {}
+        if check:
+            self._validate()
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path) -> "DemoStore":
+    def open(cls, path: str | Path, check: bool = True) -> "DemoStore":
+        """Open the committed part of a store.
+
+        check: verify the meta arrays, chunk presence and finite low-dim values now (reads every
+        low-dim array once); ``check=False`` is for tools that report problems themselves.
+        """
         path = str(path)
         if "://" not in path and not Path(path).exists():
             raise StoreError(path, "no such store (the path does not exist)")
@@ -74,60 +98,49 @@ class DemoStore:
             root = zarr.open_group(path, mode="r")
         except Exception as exc:  # zarr raises several types for a non-store directory
             raise StoreError(path, f"not a readable zarr group ({type(exc).__name__}: {exc})") from exc
-        return cls(path, root, read_record(path, root))
+        return cls(path, root, read_record(path, root), check=check)
 
     # ------------------------------------------------------------------ checks
     def _validate(self) -> None:
-        for name in META_ARRAYS:
-            arr = self._meta_array(name)
-            if arr.shape[0] < self.n_episodes:
-                raise StoreError(
-                    self.path,
-                    f"meta/{name} holds {arr.shape[0]} entries but {self.n_episodes} episodes are committed",
-                )
-        ends = self.episode_ends
-        if self.n_episodes:
-            bad = np.nonzero(np.diff(np.concatenate([[0], ends])) <= 0)[0]
-            if bad.size:
-                i = int(bad[0])
-                prev = 0 if i == 0 else int(ends[i - 1])
-                raise StoreError(
-                    self.path,
-                    f"meta/episode_ends is not increasing: episode_ends[{i}]={int(ends[i])} "
-                    f"<= {'start 0' if i == 0 else f'episode_ends[{i - 1}]={prev}'}",
-                )
-            if int(ends[-1]) != self.n_steps:
-                raise StoreError(
-                    self.path,
-                    f"meta/episode_ends ends at {int(ends[-1])} but the commit record counts {self.n_steps} steps",
-                )
-        if "data" not in self.root:
-            raise MissingKeyError(self.path, "missing group 'data'")
-        for key in self.key_kinds:
-            arr = self.array(key)
-            if arr.shape[0] < self.n_steps:
-                raise StoreError(
-                    self.path,
-                    f"ragged arrays: data/{key} has {arr.shape[0]} steps but meta/episode_ends "
-                    f"needs {self.n_steps}",
-                )
-        if ACTION_KEY in self.key_kinds:
-            check_finite_actions(self)
+        check_lengths(self)
+        for name in checked_arrays(self):
+            check_chunks_present(self, name)
+        check_episode_ends(self)
+        for key in self.lowdim_keys:
+            check_finite(self, key, self.read(key))
+
+    # ------------------------------------------------------------------ arrays
+    def zarr_array(self, name: str) -> zarr.Array:
+        """The zarr array at ``name`` (``data/<key>`` or ``meta/<name>``), looked up once."""
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self.root[name]
+            except KeyError:
+                if name.startswith("data/"):
+                    have = ", ".join(sorted(self.key_kinds)) or "none"
+                    raise MissingKeyError(self.path, f"missing key '{name}' (keys: {have})") from None
+                raise MissingKeyError(self.path, f"missing key '{name}'") from None
+        return self._arrays[name]
+
+    def has_array(self, name: str) -> bool:
+        try:
+            self.zarr_array(name)
+        except MissingKeyError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ meta
-    def _meta_array(self, name: str) -> np.ndarray:
+    def meta_array(self, name: str) -> np.ndarray:
+        """The committed rows of ``meta/<name>`` (E,), read once."""
         if name not in self._meta_cache:
-            try:
-                arr = self.root[f"meta/{name}"]
-            except KeyError:
-                raise MissingKeyError(self.path, f"missing key 'meta/{name}'") from None
+            arr = CheckedArray(self.path, f"meta/{name}", self.zarr_array(f"meta/{name}"))
             self._meta_cache[name] = arr[: max(self.n_episodes, 0)] if arr.shape[0] else np.zeros(0, arr.dtype)
         return self._meta_cache[name]
 
     @property
     def episode_ends(self) -> np.ndarray:
         """(E,) int64 exclusive end step of each committed episode."""
-        return self._meta_array("episode_ends")[: self.n_episodes].astype(np.int64)
+        return self.meta_array("episode_ends")[: self.n_episodes].astype(np.int64)
 
     @property
     def episode_starts(self) -> np.ndarray:
@@ -140,18 +153,26 @@ class DemoStore:
 
     @property
     def task_ids(self) -> np.ndarray:
-        return self._meta_array("task_id")[: self.n_episodes].astype(np.int64)
+        return self.meta_array("task_id")[: self.n_episodes].astype(np.int64)
 
     @property
     def success(self) -> np.ndarray:
-        return self._meta_array("success")[: self.n_episodes].astype(bool)
+        return self.meta_array("success")[: self.n_episodes].astype(bool)
 
     @property
     def has_action(self) -> np.ndarray:
-        return self._meta_array("has_action")[: self.n_episodes].astype(bool)
+        return self.meta_array("has_action")[: self.n_episodes].astype(bool)
+
+    @property
+    def seeds(self) -> np.ndarray:
+        """(E,) int64 reset seed of each episode; -1 where none was recorded (and for old stores)."""
+        if not self.has_array("meta/seed"):
+            return np.full(self.n_episodes, -1, np.int64)
+        seeds = self.meta_array("seed")[: self.n_episodes].astype(np.int64)
+        return np.concatenate([seeds, np.full(self.n_episodes - len(seeds), -1, np.int64)])
 
     def instruction(self, episode: int) -> str:
-        text_id = int(self._meta_array("instruction_id")[episode])
+        text_id = int(self.meta_array("instruction_id")[episode])
         return self.texts[text_id] if text_id >= 0 else ""
 
     def task_name(self, episode: int) -> str:
@@ -162,12 +183,31 @@ class DemoStore:
         count = int(self.record.get("n_segments", 0))
         if count == 0:
             return []
-        rows = self.root["meta/segments"][:count]
+        rows = CheckedArray(self.path, "meta/segments", self.zarr_array("meta/segments"))[:count]
         return [Segment(int(s), int(e), self.texts[int(t)]) for s, e, t in rows]
 
     @property
+    def stats_status(self) -> str:
+        """'current', 'absent', or 'stale (...)' for the statistics in the commit record."""
+        if not self.record.get("stats"):
+            return "absent"
+        at = self.record.get("stats_at")
+        if not at:
+            return "stale (written by an older ditpolicy that did not record their step count)"
+        if int(at.get("n_steps", -1)) != self.n_steps or int(at.get("n_episodes", -1)) != self.n_episodes:
+            return (f"stale (computed on {at.get('n_episodes')} episodes / {at.get('n_steps')} steps, "
+                    f"the store commits {self.n_episodes} / {self.n_steps})")
+        return "current"
+
+    @property
     def stats(self) -> dict[str, dict[str, np.ndarray]]:
-        """key -> {min, max, mean, std, q01, q99} as float64 arrays (empty if not computed)."""
+        """key -> {min, max, mean, std, q01, q99} as float64 arrays.
+
+        Empty unless they were computed on exactly the committed episodes (``stats_status``),
+        so ``store.stats or compute_stats(store)`` never uses statistics a killed writer left stale.
+        """
+        if self.stats_status != "current":
+            return {}
         raw = self.record.get("stats", {})
         return {key: {k: np.asarray(v, dtype=np.float64) for k, v in s.items()} for key, s in raw.items()}
 
@@ -184,17 +224,24 @@ class DemoStore:
     def lowdim_keys(self) -> list[str]:
         return [k for k, kind in self.key_kinds.items() if kind == "lowdim"]
 
-    def array(self, key: str) -> zarr.Array:
-        """The zarr array behind ``data/<key>`` (may hold uncommitted steps past ``n_steps``)."""
-        try:
-            return self.root[f"data/{key}"]
-        except KeyError:
-            have = ", ".join(sorted(self.key_kinds)) or "none"
-            raise MissingKeyError(self.path, f"missing key 'data/{key}' (keys: {have})") from None
+    def array(self, key: str) -> CheckedArray:
+        """The zarr array behind ``data/<key>`` (may hold uncommitted steps past ``n_steps``), with
+        reads that raise CorruptChunkError naming the chunk."""
+        return CheckedArray(self.path, f"data/{key}", self.zarr_array(f"data/{key}"))
 
     def read(self, key: str) -> np.ndarray:
-        """All committed steps of ``data/<key>``: (N, ...)."""
-        return self.array(key)[: self.n_steps]
+        """All committed steps of ``data/<key>``: (N, ...).
+
+        Low-dim keys are read once (opening the store reads them to check them) and returned
+        as the same read-only array each time; image keys are read anew.
+        """
+        if key in self._lowdim:
+            return self._lowdim[key]
+        values = self.array(key)[: self.n_steps]
+        if self.key_kinds.get(key) == "lowdim":
+            values.setflags(write=False)
+            self._lowdim[key] = values
+        return values
 
     def episode(self, index: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         if not 0 <= index < self.n_episodes:
@@ -232,17 +279,3 @@ def read_record(path: str, root: zarr.Group) -> dict[str, Any]:
         if field not in record:
             raise MissingKeyError(path, f"commit record lacks field '{field}'")
     return record
-
-
-def check_finite_actions(store: DemoStore) -> None:
-    """Raise naming the step and episode of the first NaN/inf action."""
-    actions = store.read(ACTION_KEY)
-    bad = ~np.isfinite(actions.reshape(actions.shape[0], -1)).all(axis=1)
-    if bad.any():
-        step = int(np.argmax(bad))
-        episode = int(np.searchsorted(store.episode_ends, step, side="right"))
-        raise StoreError(
-            store.path,
-            f"data/{ACTION_KEY} holds NaN/inf at step {step} (episode {episode}); "
-            "repair or drop that episode",
-        )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .lock import current_holder, describe_holder
 from .store import DemoStore
 
 
@@ -29,8 +30,12 @@ def summarize(store: DemoStore, with_stats: bool = True) -> str:
         + (f"length min/mean/max {lengths.min()}/{lengths.mean():.1f}/{lengths.max()}" if len(lengths) else ""),
         f"success   {int(store.success.sum())}/{store.n_episodes}   action-free episodes {int((~store.has_action).sum())}",
         f"on disk   {_disk_bytes(store.path) / 1e6:.1f} MB",
-        "keys:",
+        f"format    v{store.version} " + ("(crc32c chunk checksums)" if store.version >= 2 else "(no chunk checksums)"),
     ]
+    holder = current_holder(store.path) if store.local_dir else None
+    if holder is not None:
+        lines.append(f"writer    {describe_holder(holder)} (episodes it has not committed are not shown)")
+    lines.append("keys:")
     for key, (shape, dtype) in store.shapes().items():
         lines.append(f"  {key:<16} {str(shape):<16} {dtype:<8} {store.key_kinds[key]}")
     counts = Counter(store.task_ids.tolist())
@@ -40,7 +45,9 @@ def summarize(store: DemoStore, with_stats: bool = True) -> str:
         lines.append(f"  {store.tasks[task_id]:<28} {count:>5} episodes   \"{store.instruction(first)}\"")
     if store.segments:
         lines.append(f"language segments: {len(store.segments)}")
-    if with_stats and store.stats:
+    if store.stats_status != "current":
+        lines.append(f"statistics {store.stats_status}; 'train' computes them itself")
+    elif with_stats:
         lines.append("statistics (per dimension):")
         for key, s in store.stats.items():
             lines.append(f"  {key}")

@@ -18,6 +18,7 @@ from .config import compose
 VERBS: dict[str, tuple[str, str]] = {
     "collect": ("collect expert demonstrations into a zarr store", "ditpolicy.commands:collect"),
     "info": ("summarise a zarr demonstration store", "ditpolicy.commands:info"),
+    "verify": ("check every chunk, checksum and value of a store; exit 1 on any problem", "ditpolicy.commands:verify"),
     "train": ("train a policy on a zarr store", "ditpolicy.commands:train"),
     "eval": ("evaluate a checkpoint in simulation (success, latency, videos, plot)", "ditpolicy.commands:eval"),
     "demo": ("the main job on its defaults, end to end", "ditpolicy.commands:demo"),

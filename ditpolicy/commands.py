@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +12,58 @@ from omegaconf import DictConfig, OmegaConf
 from .settings import integer, positive_int
 
 
+class SettingError(ValueError):
+    """A verb's setting has the wrong type or range; the message names the key."""
+
+
+def _setting(cfg: DictConfig, key: str, kind: str):
+    """``cfg.<key>`` checked: kind is 'count' (integer >= 1), 'index' (integer >= 0),
+    'positive' (number > 0), 'seconds' (number >= 0) or 'flag' (true/false)."""
+    value = OmegaConf.select(cfg, key)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "flag":
+        if not isinstance(value, bool):
+            raise SettingError(f"{key} must be true or false, got {value!r}")
+    elif kind in ("count", "index"):
+        if not (number and float(value).is_integer()) or value < (1 if kind == "count" else 0):
+            need = "a positive integer" if kind == "count" else "an integer >= 0"
+            raise SettingError(f"{key} must be {need}, got {value!r}")
+        value = int(value)
+    elif kind == "seconds":
+        if not (number and value >= 0):
+            raise SettingError(f"{key} must be a number of seconds >= 0, got {value!r}")
+    elif not (number and np.isfinite(value) and value > 0):
+        raise SettingError(f"{key} must be a positive number, got {value!r}")
+    return value
+
+
 def collect(cfg: DictConfig) -> int:
+    if cfg.env.name != "metaworld":
+        raise ValueError(f"env={cfg.env.name!r}: collection supports env=metaworld")
+    try:
+        args = dict(
+            episodes=_setting(cfg, "episodes", "count"), seed=_setting(cfg, "seed", "index"),
+            image_size=_setting(cfg, "env.image_size", "count"),
+            max_episode_steps=_setting(cfg, "env.max_episode_steps", "count"),
+            steps_after_success=_setting(cfg, "env.steps_after_success", "index"),
+            max_attempts_factor=float(_setting(cfg, "max_attempts_factor", "positive")),
+            keep_failed=_setting(cfg, "keep_failed", "flag"), overwrite=_setting(cfg, "overwrite", "flag"),
+            wait=float(_setting(cfg, "wait", "seconds")),
+        )
+    except SettingError as exc:
+        print(f"ditpolicy collect: {exc}", file=sys.stderr)
+        return 2
     from .envs.collect import collect as run_collect
     from .envs.collect import format_reports
 
-    if cfg.env.name != "metaworld":
-        raise ValueError(f"env={cfg.env.name!r}: collection supports env=metaworld")
     reports = run_collect(
-        task=OmegaConf.to_object(cfg.task) if OmegaConf.is_list(cfg.task) else cfg.task,
-        episodes=int(cfg.episodes), out=cfg.out, seed=int(cfg.seed),
-        cameras=list(cfg.env.cameras), image_size=int(cfg.env.image_size),
-        max_episode_steps=int(cfg.env.max_episode_steps), steps_after_success=int(cfg.env.steps_after_success),
-        max_attempts_factor=float(cfg.max_attempts_factor), keep_failed=bool(cfg.keep_failed),
-        overwrite=bool(cfg.overwrite),
+        task=OmegaConf.to_object(cfg.task) if OmegaConf.is_list(cfg.task) else cfg.task, out=cfg.out,
+        cameras=list(cfg.env.cameras), **args,
     )
     print(format_reports(reports))
+    had, kept = sum(r.existing for r in reports), sum(r.kept for r in reports)
+    if had:
+        print(f"continued {cfg.out}: it held {had} successful episodes of these tasks, this run kept {kept}")
     print(f"wrote {cfg.out}")
     return 0
 
@@ -35,6 +73,18 @@ def info(cfg: DictConfig) -> int:
     from .datasets.summary import summarize
 
     print(summarize(DemoStore.open(cfg.store), with_stats=bool(cfg.stats)))
+    return 0
+
+
+def verify(cfg: DictConfig) -> int:
+    from .datasets.verify import verify_store
+
+    report = verify_store(str(cfg.store))
+    print(report.text())
+    if not report.ok:
+        print(f"ditpolicy verify: {len(report.problems)} problem(s) in store {cfg.store}: "
+              + "; ".join(report.problems[:3]), file=sys.stderr)
+        return 1
     return 0
 
 

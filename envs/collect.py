@@ -1,5 +1,5 @@
 """Scripted collection: run Meta-World's shipped expert policies and write the successful
-episodes to a zarr demonstration store."""
+episodes to a zarr demonstration store, continuing a store that already holds some."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..datasets import EpisodeWriter
-from ..datasets.stats import write_store_stats
+from ..datasets import DemoStore, EpisodeWriter, StoreError, compute_stats
 from ..progress import progress_bar
 from .metaworld_env import MetaWorldEnv
 from .metaworld_tasks import resolve_tasks
@@ -26,15 +25,48 @@ def make_expert(task: str):
 
 @dataclass
 class TaskReport:
+    """One task of a collect run: ``existing`` successful episodes were already in the store,
+    ``kept`` were added by this run from ``attempts`` expert rollouts (seeds from ``first_seed``)."""
+
     task: str
+    existing: int = 0
     kept: int = 0
     attempts: int = 0
     steps: int = 0
+    first_seed: int = 0
     lengths: list[int] = field(default_factory=list)
 
     @property
     def success_rate(self) -> float:
         return self.kept / max(self.attempts, 1)
+
+    @property
+    def total(self) -> int:
+        return self.existing + self.kept
+
+
+def _positive(name: str, value, integer: bool = True):
+    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer) if integer else (int, float, np.number))
+    if not ok or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+    return value
+
+
+def resume_point(store: DemoStore, task: str, base_seed: int) -> tuple[int, int]:
+    """(successful episodes of ``task`` in the store, the seed to continue from).
+
+    Continues after the last recorded seed of the task, so no reset seed is used twice;
+    refuses episodes of the task that have no recorded seed (stores from before seeds).
+    """
+    names = np.asarray(store.tasks + [""], dtype=object)
+    mine = names[store.task_ids] == task if store.n_episodes else np.zeros(0, bool)
+    seeds = store.seeds[mine]
+    if (seeds < 0).any():
+        raise StoreError(store.path, f"holds {int((seeds < 0).sum())} episodes of {task} without a recorded seed "
+                                     "(written before seeds were stored), so collect cannot add to it without "
+                                     "repeating seeds; pass overwrite=true to start over, or collect into a new out")
+    existing = int((store.success & mine).sum())
+    return existing, max(base_seed, int(seeds.max()) + 1) if len(seeds) else base_seed
 
 
 def run_expert_episode(env: MetaWorldEnv, expert, seed: int, steps_after_success: int = 5):
@@ -71,46 +103,63 @@ def collect(
     keep_failed: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    wait: float = 0.0,
 ) -> list[TaskReport]:
-    """Collect ``episodes`` successful expert episodes per task into ``out``.
+    """Bring ``out`` to ``episodes`` successful expert episodes per task.
 
-    Failed attempts are retried (up to ``max_attempts_factor * episodes`` attempts per task)
-    and stored only with ``keep_failed``; the per-task expert success rate is reported.
+    An existing store is continued: episodes already there count toward the target and new
+    rollouts use the seeds after the last recorded one of each task (a collect that was killed
+    and rerun neither repeats seeds nor overshoots). ``overwrite`` starts from an empty store.
+    Failed attempts are retried (up to ``max_attempts_factor`` times the missing episodes
+    per task) and stored only with ``keep_failed``; each episode's reset seed is stored.
     """
+    _positive("episodes", episodes)
+    _positive("image_size", image_size)
+    _positive("max_episode_steps", max_episode_steps)
+    _positive("max_attempts_factor", max_attempts_factor, integer=False)
     tasks = resolve_tasks(task)
-    writer = EpisodeWriter(out, overwrite=overwrite)
     reports = []
-    bar = progress_bar(total=episodes * len(tasks), desc="collect", unit="ep", disable=not progress)
-    for task_index, name in enumerate(tasks):
-        env = MetaWorldEnv(name, cameras=cameras, image_size=image_size, max_episode_steps=max_episode_steps)
-        expert = make_expert(name)
-        report = TaskReport(name)
-        max_attempts = max(int(np.ceil(episodes * max_attempts_factor)), episodes)
-        while report.kept < episodes and report.attempts < max_attempts:
-            episode_seed = seed * COLLECT_SEED_STRIDE + task_index * 1009 + report.attempts
-            data, success = run_expert_episode(env, expert, episode_seed, steps_after_success)
-            report.attempts += 1
-            if success or keep_failed:
-                writer.add_episode(data, task=name, instruction=env.instruction, success=success)
-                report.steps += len(data["action"])
-            if success:
-                report.kept += 1
-                report.lengths.append(len(data["action"]))
-                bar.update(1)
-            bar.set_postfix(task=name, rate=f"{report.success_rate:.2f}", refresh=False)
-        env.close()
-        reports.append(report)
-    bar.close()
-    write_store_stats(out)
+    with EpisodeWriter(out, overwrite=overwrite, wait=wait) as writer:
+        store = writer.reader()
+        plan = [resume_point(store, name, seed * COLLECT_SEED_STRIDE + i * 1009) for i, name in enumerate(tasks)]
+        missing = [max(episodes - existing, 0) for existing, _ in plan]
+        bar = progress_bar(total=sum(missing), desc="collect", unit="ep", disable=not progress)
+        for name, (existing, first_seed), needed in zip(tasks, plan, missing):
+            report = TaskReport(name, existing=existing, first_seed=first_seed)
+            reports.append(report)
+            if needed == 0:
+                continue
+            env = MetaWorldEnv(name, cameras=cameras, image_size=image_size, max_episode_steps=max_episode_steps)
+            expert = make_expert(name)
+            max_attempts = max(int(np.ceil(needed * max_attempts_factor)), needed)
+            while report.kept < needed and report.attempts < max_attempts:
+                episode_seed = first_seed + report.attempts
+                data, success = run_expert_episode(env, expert, episode_seed, steps_after_success)
+                report.attempts += 1
+                if success or keep_failed:
+                    writer.add_episode(data, task=name, instruction=env.instruction, success=success, seed=episode_seed)
+                    report.steps += len(data["action"])
+                if success:
+                    report.kept += 1
+                    report.lengths.append(len(data["action"]))
+                    bar.update(1)
+                bar.set_postfix(task=name, rate=f"{report.success_rate:.2f}", refresh=False)
+            env.close()
+        bar.close()
+        store = writer.reader()
+        if store.stats_status != "current":
+            writer.write_stats(compute_stats(store), n_steps=store.n_steps)
     return reports
 
 
 def format_reports(reports: list[TaskReport]) -> str:
-    """A table: task, kept, attempts, expert success rate, mean length."""
-    lines = [f"{'task':<28} {'kept':>5} {'tries':>6} {'expert_sr':>9} {'mean_len':>8}"]
+    """A table: task, episodes already there, kept by this run, total, tries, expert success rate, mean length."""
+    lines = [f"{'task':<28} {'had':>5} {'kept':>5} {'total':>6} {'tries':>6} {'expert_sr':>9} {'mean_len':>8}"]
     for r in reports:
-        mean_len = np.mean(r.lengths) if r.lengths else float("nan")
-        lines.append(f"{r.task:<28} {r.kept:>5} {r.attempts:>6} {r.success_rate:>9.3f} {mean_len:>8.1f}")
-    kept, tries = sum(r.kept for r in reports), sum(r.attempts for r in reports)
-    lines.append(f"{'total':<28} {kept:>5} {tries:>6} {kept / max(tries, 1):>9.3f}")
+        mean_len = f"{np.mean(r.lengths):>8.1f}" if r.lengths else f"{'-':>8}"
+        rate = f"{r.success_rate:>9.3f}" if r.attempts else f"{'-':>9}"
+        lines.append(f"{r.task:<28} {r.existing:>5} {r.kept:>5} {r.total:>6} {r.attempts:>6} {rate} {mean_len}")
+    had, kept, tries = (sum(getattr(r, f) for r in reports) for f in ("existing", "kept", "attempts"))
+    rate = f"{kept / tries:>9.3f}" if tries else f"{'-':>9}"
+    lines.append(f"{'total':<28} {had:>5} {kept:>5} {had + kept:>6} {tries:>6} {rate}")
     return "\n".join(lines)

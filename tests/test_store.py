@@ -147,7 +147,7 @@ def test_newer_store_version_is_refused(tmp_path, rng):
     record = dict(root.attrs["ditpolicy"])
     record["version"] = 99
     root.attrs["ditpolicy"] = record
-    with pytest.raises(StoreVersionError, match="store format v99.*reads up to v1"):
+    with pytest.raises(StoreVersionError, match="store format v99.*reads up to v2"):
         DemoStore.open(path)
     with pytest.raises(StoreVersionError):
         EpisodeWriter(path)
