@@ -13,6 +13,7 @@ import sys
 from omegaconf import OmegaConf
 
 from .config import compose
+from .settings import SettingError
 
 # verb -> (one-line help, "module:function" taking the composed config)
 VERBS: dict[str, tuple[str, str]] = {
@@ -36,8 +37,8 @@ def usage() -> str:
 
 
 def _positional_to_overrides(verb: str, args: list[str]) -> list[str]:
-    """``info path`` is sugar for ``info store=path``."""
-    if verb == "info" and args and "=" not in args[0] and not args[0].startswith("-"):
+    """``info path`` and ``verify path`` are sugar for ``store=path``."""
+    if verb in ("info", "verify") and args and "=" not in args[0] and not args[0].startswith("-"):
         return [f"store={args[0]}"] + args[1:]
     return args
 
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         result = func(cfg)
+    except SettingError as exc:
+        print(f"ditpolicy {verb}: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, KeyError, FileNotFoundError) as exc:
         print(f"ditpolicy {verb}: error: {exc}", file=sys.stderr)
         return 1

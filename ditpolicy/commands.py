@@ -9,50 +9,19 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .settings import integer, positive_int
-
-
-class SettingError(ValueError):
-    """A verb's setting has the wrong type or range; the message names the key."""
-
-
-def _setting(cfg: DictConfig, key: str, kind: str):
-    """``cfg.<key>`` checked: kind is 'count' (integer >= 1), 'index' (integer >= 0),
-    'positive' (number > 0), 'seconds' (number >= 0) or 'flag' (true/false)."""
-    value = OmegaConf.select(cfg, key)
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "flag":
-        if not isinstance(value, bool):
-            raise SettingError(f"{key} must be true or false, got {value!r}")
-    elif kind in ("count", "index"):
-        if not (number and float(value).is_integer()) or value < (1 if kind == "count" else 0):
-            need = "a positive integer" if kind == "count" else "an integer >= 0"
-            raise SettingError(f"{key} must be {need}, got {value!r}")
-        value = int(value)
-    elif kind == "seconds":
-        if not (number and value >= 0):
-            raise SettingError(f"{key} must be a number of seconds >= 0, got {value!r}")
-    elif not (number and np.isfinite(value) and value > 0):
-        raise SettingError(f"{key} must be a positive number, got {value!r}")
-    return value
+from .settings import flag, integer, number, positive_int
 
 
 def collect(cfg: DictConfig) -> int:
     if cfg.env.name != "metaworld":
         raise ValueError(f"env={cfg.env.name!r}: collection supports env=metaworld")
-    try:
-        args = dict(
-            episodes=_setting(cfg, "episodes", "count"), seed=_setting(cfg, "seed", "index"),
-            image_size=_setting(cfg, "env.image_size", "count"),
-            max_episode_steps=_setting(cfg, "env.max_episode_steps", "count"),
-            steps_after_success=_setting(cfg, "env.steps_after_success", "index"),
-            max_attempts_factor=float(_setting(cfg, "max_attempts_factor", "positive")),
-            keep_failed=_setting(cfg, "keep_failed", "flag"), overwrite=_setting(cfg, "overwrite", "flag"),
-            wait=float(_setting(cfg, "wait", "seconds")),
-        )
-    except SettingError as exc:
-        print(f"ditpolicy collect: {exc}", file=sys.stderr)
-        return 2
+    args = dict(
+        episodes=positive_int(cfg, "episodes"), seed=integer(cfg, "seed", 0),
+        image_size=positive_int(cfg, "env.image_size"), max_episode_steps=positive_int(cfg, "env.max_episode_steps"),
+        steps_after_success=integer(cfg, "env.steps_after_success", 0),
+        max_attempts_factor=number(cfg, "max_attempts_factor", above=0.0),
+        keep_failed=flag(cfg, "keep_failed"), overwrite=flag(cfg, "overwrite"), wait=number(cfg, "wait", low=0.0),
+    )
     from .envs.collect import collect as run_collect
     from .envs.collect import format_reports
 

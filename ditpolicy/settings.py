@@ -1,10 +1,14 @@
-"""Checked reads of numeric settings: a bad value names its config key.
+"""Checked reads of settings: a bad value names its config key.
 
     steps = positive_int(cfg, "train.steps")
     decay = number(cfg, "train.ema_decay", low=0.0, high=1.0)
+
+The command turns a ``SettingError`` into exit code 2 and a one-line message.
 """
 
 from __future__ import annotations
+
+import math
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,14 +24,16 @@ def _get(cfg: DictConfig, key: str):
     return value
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def integer(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
     """``cfg.<key>`` as an int (bools and non-integral values refused), at least ``minimum``."""
     value = _get(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise SettingError(f"{key} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise SettingError(f"{key} must be {need}, got {int(value)}")
+    need = "a positive integer" if minimum == 1 else "an integer" + (f" >= {minimum}" if minimum is not None else "")
+    if not _is_number(value) or int(value) != value or (minimum is not None and value < minimum):
+        raise SettingError(f"{key} must be {need}, got {value!r}")
     return int(value)
 
 
@@ -35,12 +41,23 @@ def positive_int(cfg: DictConfig, key: str) -> int:
     return integer(cfg, key, minimum=1)
 
 
-def number(cfg: DictConfig, key: str, low: float | None = None, high: float | None = None) -> float:
-    """``cfg.<key>`` as a float within [low, high]."""
+def number(cfg: DictConfig, key: str, low: float | None = None, high: float | None = None,
+           above: float | None = None) -> float:
+    """``cfg.<key>`` as a finite float within [low, high] and strictly greater than ``above``."""
     value = _get(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_number(value):
         raise SettingError(f"{key} must be a number, got {value!r}")
+    if above is not None and value <= above:
+        need = "a positive number" if above == 0 else f"a number greater than {above}"
+        raise SettingError(f"{key} must be {need}, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
         raise SettingError(f"{key} must be in [{low if low is not None else '-inf'}, "
                            f"{high if high is not None else 'inf'}], got {value}")
     return float(value)
+
+
+def flag(cfg: DictConfig, key: str) -> bool:
+    value = _get(cfg, key)
+    if not isinstance(value, bool):
+        raise SettingError(f"{key} must be true or false, got {value!r}")
+    return value
