@@ -62,35 +62,55 @@ class DDPMProcess(DenoisingProcess):
     def target(self, x0, eps, t):
         return eps if self.prediction == "epsilon" else x0
 
-    def _walk(self, j0: torch.Tensor, i: int, steps: int) -> torch.Tensor:
-        """Level index of evaluation i: from j0 down to 1 (training step 0); 0 stays 0."""
+    def _walk(self, j0, i: int, steps: int):
+        """Level index of evaluation i: from j0 down to 1 (training step 0); 0 stays 0.
+        j0 is an int (one level for the batch) or a long tensor (per sample or token)."""
         frac = i / (steps - 1) if steps > 1 else 0.0
+        if not torch.is_tensor(j0):
+            return round((j0 - 1) * (1 - frac)) + 1 if j0 > 0 else 0
         walked = ((j0 - 1).clamp_min(0).double() * (1 - frac)).round().long() + 1
         return torch.where(j0 > 0, walked, j0)
+
+    def _plan(self, t_start, x: torch.Tensor, steps: int) -> list[tuple]:
+        """Per evaluation: (t for the denoiser, abar, abar of the next level or None, mask of
+        tokens held fixed or None). One level for the batch keeps abar as plain floats, so
+        the latency-critical common case costs no schedule tensors per step."""
+        table, T = self.abar_table, self.num_train_steps
+        if not torch.is_tensor(t_start):
+            j0 = min(max(round(float(t_start) * T), 0), T)
+            js = [self._walk(j0, i, steps) for i in range(steps)]
+            fixed = torch.ones_like(x, dtype=torch.bool) if j0 == 0 else None
+            levels = [(torch.full(x.shape[:1], j / T, device=x.device, dtype=x.dtype), float(table[j])) for j in js]
+        else:
+            j0 = self.level_index(start_levels(t_start, x))
+            js = [self._walk(j0, i, steps) for i in range(steps)]
+            fixed = expand_levels(j0 == 0, x) if bool((j0 == 0).any()) else None
+            levels = [(j.to(x.dtype) / T, self._abar(j, x)) for j in js]
+        nexts = [abar for _, abar in levels[1:]] + [None]
+        return [(t, abar, abar_next, fixed) for (t, abar), abar_next in zip(levels, nexts)]
 
     @torch.no_grad()
     def sample(self, fn, x_init, t_start=1.0, steps=10):
         steps = max(1, min(int(steps), self.num_train_steps))
         x, heads = x_init, {}
-        j0 = self.level_index(start_levels(t_start, x))
-        for i in range(steps):
-            j = self._walk(j0, i, steps)
-            frozen = expand_levels(j == 0, x)
-            out = fn(x, j.to(x.dtype) / self.num_train_steps)
+        for t, abar, abar_next, fixed in self._plan(t_start, x, steps):
+            out = fn(x, t)
             pred, heads = prediction_of(out), heads_of(out)
-            abar = self._abar(j, x)
-            noise_scale = (1 - abar).clamp_min(1e-12).sqrt()
-            x0 = (x - (1 - abar).sqrt() * pred) / abar.sqrt() if self.prediction == "epsilon" else pred
+            x0 = (x - (1 - abar) ** 0.5 * pred) / abar ** 0.5 if self.prediction == "epsilon" else pred
             if self.clip_sample:
                 x0 = x0.clamp(-self.clip_sample, self.clip_sample)
-            x0 = torch.where(frozen, x, x0)
-            if i == steps - 1:
-                x = x0
-                break
-            eps = (x - abar.sqrt() * x0) / noise_scale
-            abar_prev = self._abar(self._walk(j0, i + 1, steps), x)
-            sigma = self.eta * ((1 - abar_prev) / noise_scale**2 * (1 - abar / abar_prev)).clamp_min(0).sqrt()
-            x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp_min(0).sqrt() * eps
+            if fixed is not None:
+                x0 = torch.where(fixed, x, x0)
+            if abar_next is None:
+                return x0, heads
+            eps = (x - abar ** 0.5 * x0) / _at_least(1 - abar, 1e-12) ** 0.5
+            sigma = self.eta * _at_least((1 - abar_next) / _at_least(1 - abar, 1e-12) * (1 - abar / abar_next), 0.0) ** 0.5
+            x = abar_next ** 0.5 * x0 + _at_least(1 - abar_next - sigma ** 2, 0.0) ** 0.5 * eps
             if self.eta > 0:
                 x = x + sigma * torch.randn_like(x)
         return x, heads
+
+
+def _at_least(v, low: float):
+    """max(v, low) for a float or elementwise for a tensor."""
+    return v.clamp_min(low) if torch.is_tensor(v) else max(v, low)

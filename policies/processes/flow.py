@@ -39,21 +39,31 @@ class FlowMatchingProcess(DenoisingProcess):
     def target(self, x0, eps, t):
         return eps - x0
 
+    @staticmethod
+    def _plan(t_start, x: torch.Tensor, steps: int) -> tuple[list[tuple], torch.Tensor | None]:
+        """Per step: (t now, t next, step length dt broadcastable to x); plus the mask of
+        tokens held fixed (level 0) or None. One level for the batch keeps dt a float."""
+        if not torch.is_tensor(t_start):
+            levels = [float(t_start) * (1 - i / steps) for i in range(steps + 1)]
+            ts = [torch.full(x.shape[:1], level, device=x.device, dtype=x.dtype) for level in levels]
+            return [(ts[i], ts[i + 1], levels[i + 1] - levels[i]) for i in range(steps)], None
+        t0 = start_levels(t_start, x)
+        ts = [t0 * (1 - i / steps) for i in range(steps + 1)]
+        clean = expand_levels(t0 == 0, x)
+        return [(ts[i], ts[i + 1], expand_levels(ts[i + 1] - ts[i], x)) for i in range(steps)], \
+            (clean if bool(clean.any()) else None)
+
     @torch.no_grad()
     def sample(self, fn, x_init, t_start=1.0, steps=10):
         steps = max(1, int(steps))
         x, heads = x_init, {}
-        t0 = start_levels(t_start, x)
-        clean = expand_levels(t0 == 0, x)  # tokens given clean stay exactly as they are
-        hold = bool(clean.any())
-        for i in range(steps):
-            t_now, t_next = t0 * (1 - i / steps), t0 * (1 - (i + 1) / steps)
-            dt = expand_levels(t_next - t_now, x)
+        plan, clean = self._plan(t_start, x, steps)
+        for i, (t_now, t_next, dt) in enumerate(plan):
             out = fn(x, t_now)
             v, heads = prediction_of(out), heads_of(out)
             x_next = x + dt * v
             if self.solver == "heun" and i < steps - 1:
                 v_next = prediction_of(fn(x_next, t_next))
                 x_next = x + dt * 0.5 * (v + v_next)
-            x = torch.where(clean, x, x_next) if hold else x_next
+            x = x_next if clean is None else torch.where(clean, x, x_next)   # clean tokens stay as given
         return x, heads
