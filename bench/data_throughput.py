@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-# bench/metaworld.py would shadow the metaworld package that collection imports
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from ditpolicy.datasets import DemoStore, EpisodeWriter, SequenceSampler  # noqa: E402
-from ditpolicy.envs.collect import collect, format_reports  # noqa: E402
+from ditpolicy.datasets import DemoStore, EpisodeWriter, SequenceSampler
+from ditpolicy.envs.collect import collect, format_reports
 
 IMAGE_TASKS = ["reach-v3", "push-v3", "drawer-close-v3"]
 

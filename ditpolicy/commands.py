@@ -94,6 +94,8 @@ def run_eval(cfg: DictConfig):
     plot_success(result, out / "success.png", title=f"{Path(cfg.checkpoint).name}: success over {cfg.episodes} episodes/task")
     print(result.table())
     print(f"results: {out / 'result.json'}\nplot:    {out / 'success.png'}")
+    for path in policy.denoiser.write_diagnostics(out):
+        print(f"plot:    {path}")
     for video in result.videos:
         print(f"video:   {video}")
     return result, out

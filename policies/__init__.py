@@ -4,6 +4,7 @@ from .checkpoint import CheckpointError
 from .control import ChunkExecutor, ObservationError
 from .denoiser import DENOISERS, Denoiser
 from .dit import DiTDenoiser
+from .moe import MoDEDenoiser
 from .policy import DiffusionPolicy
 from .processes import PROCESSES
 from .spec import PolicySpec
@@ -11,4 +12,4 @@ from .spec import PolicySpec
 Policy = DiffusionPolicy  # ``Policy.from_checkpoint(dir)``: the one loading entry point
 
 __all__ = ["CheckpointError", "ChunkExecutor", "DENOISERS", "Denoiser", "DiTDenoiser", "DiffusionPolicy",
-           "ObservationError", "PROCESSES", "Policy", "PolicySpec"]
+           "MoDEDenoiser", "ObservationError", "PROCESSES", "Policy", "PolicySpec"]

@@ -1,26 +1,31 @@
-"""Chunk latency of a policy at batch 1, measured through the control API's executor."""
+"""Chunk latency of a policy, measured through the control API's executor."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .control import ChunkExecutor
 
-def zero_observation(spec) -> dict[str, np.ndarray]:
-    """One observation of the right shapes and dtypes (key -> per-step array)."""
-    return {k: np.zeros(spec.obs_shapes[k], np.uint8 if k in spec.image_keys else np.float32) for k in spec.obs_keys}
+
+def zero_observation(spec, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """An observation of the right shapes and dtypes: key -> per-step array, or (B, ...)."""
+    lead = () if batch_size is None else (batch_size,)
+    return {k: np.zeros(lead + tuple(spec.obs_shapes[k]), np.uint8 if k in spec.image_keys else np.float32)
+            for k in spec.obs_keys}
 
 
 def measure_chunk_latency(policy, calls: int, steps: int | None = None, threads: int | None = None,
-                          warmup: int = 20) -> np.ndarray:
-    """Milliseconds of ``calls`` batch-1 chunk predictions after ``warmup`` untimed ones (graph
-    building, allocator warm-up). ``threads``: torch CPU threads to use (None: unchanged)."""
+                          warmup: int = 20, batch_size: int = 1) -> np.ndarray:
+    """Milliseconds of ``calls`` chunk predictions for ``batch_size`` episodes at once, after
+    ``warmup`` untimed ones (graph building, caches, allocator). ``threads``: torch CPU
+    threads to use (None: unchanged)."""
     if threads:
         torch.set_num_threads(threads)
-    executor = policy.executor
+    executor = policy.executor if batch_size == 1 else ChunkExecutor(policy, batch_size=batch_size)
     executor.steps = steps
-    policy.reset(task=0 if policy.spec.tasks else None)
-    policy.observe(zero_observation(policy.spec))
+    executor.reset(policy.goal_inputs(0 if policy.spec.tasks else None, batch_size))
+    executor.observe(zero_observation(policy.spec, batch_size))
     for _ in range(warmup):
         executor.predict()
     executor.latencies_ms.clear()

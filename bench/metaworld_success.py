@@ -1,9 +1,9 @@
 """Meta-World benchmark: collect expert demonstrations, train one policy on a fixed step
 budget, evaluate every task, print the per-task table and write JSON.
 
-    python bench/metaworld.py                                # MT10 from state, 50 demos/task
-    python bench/metaworld.py --obs image --tasks reach,push,drawer-close --steps 4000
-    python bench/metaworld.py --train train.batch_size=256 policy.denoiser.n_layers=6   # any train override
+    python bench/metaworld_success.py                                # MT10 from state, 50 demos/task
+    python bench/metaworld_success.py --obs image --tasks reach,push,drawer-close --steps 4000
+    python bench/metaworld_success.py --train train.batch_size=256 policy.denoiser.n_layers=6   # any train override
 
 State runs read the 39-D state; image runs read one 84x84 camera (corner) plus the 4-D
 proprioception. Stores are reused when present.
@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
-
-# run as a script, this file's folder comes first on sys.path and its name would hide the
-# metaworld package
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 from ditpolicy.config import compose
 from ditpolicy.datasets import DemoStore

@@ -1,0 +1,174 @@
+"""Dense DiT against MoDE (mixture of denoising experts) on Meta-World from state: per-task
+success, total and active parameters, FLOPs per chunk (counted by torch's FlopCounterMode),
+and chunk latency at batch 1 and 64 with expert caching on and off. Prints tables and
+writes JSON.
+
+    python bench/mode.py                              # MT10, 50 demos/task, 15000 steps x 128
+    python bench/mode.py --tasks reach,push,pick-place --steps 3000 --eval-episodes 20
+    python bench/mode.py --latency-only               # parameters, FLOPs, latency (untrained weights)
+
+Three policies share the data and the step budget: the dense DiT (the default policy), MoDE
+with as many *active* parameters as the DiT, and MoDE with as many *total* parameters; the
+experts' width is solved for each. Latency and FLOPs do not depend on the weights, so
+``--latency-only`` measures them on freshly built policies. Run it alone: two torch
+processes on 2 cores slow each other many times over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ditpolicy.config import compose, policy_config
+from ditpolicy.datasets import DemoStore, Normalizer, compute_stats
+from ditpolicy.envs.collect import collect, format_reports
+from ditpolicy.envs.metaworld_tasks import resolve_tasks
+from ditpolicy.envs.rollout import evaluate
+from ditpolicy.policies import DiffusionPolicy, MoDEDenoiser, Policy, PolicySpec
+from ditpolicy.policies.latency import measure_chunk_latency
+from ditpolicy.policies.train import Trainer
+
+EQUAL = {"dit": "dense DiT", "mode_active": "MoDE, equal active", "mode_total": "MoDE, equal total"}
+
+
+def count_params(policy: DiffusionPolicy) -> tuple[int, int]:
+    """(total, active per sample): a MoDE block uses top_k of its n_experts experts."""
+    total = sum(p.numel() for p in policy.parameters())
+    denoiser = policy.denoiser
+    if not isinstance(denoiser, MoDEDenoiser):
+        return total, total
+    per_expert = sum(p[0].numel() for block in denoiser.blocks for p in (block.experts.w13, block.experts.w2))
+    return total, total - (denoiser.n_experts - denoiser.top_k) * per_expert
+
+
+def build(spec_overrides: list[str], stats, tasks: list[str]) -> DiffusionPolicy:
+    spec = PolicySpec.from_config(policy_config(spec_overrides), {"state": [39]}, [], 4, tasks)
+    return DiffusionPolicy(spec, Normalizer.from_stats(stats, spec.normalize)).eval()
+
+
+def expert_ratio_for(target: int, which: int, stats, tasks) -> float:
+    """The MoDE expert width (as a ratio of d_model) whose total (which=0) or active (which=1)
+    parameter count is ``target``: both counts grow linearly with the width, by 3 * d_model
+    weights per unit of width and expert (n_experts of them in total, top_k active)."""
+    probe = build(["policy/denoiser=mode", "policy.denoiser.expert_ratio=1.0"], stats, tasks)
+    denoiser, d = probe.denoiser, probe.spec.d_model
+    experts = denoiser.n_experts if which == 0 else denoiser.top_k
+    per_width = len(denoiser.blocks) * experts * 3 * d
+    hidden = d + (target - count_params(probe)[which]) / per_width
+    return round(hidden) / d
+
+
+def chunk_flops(policy: DiffusionPolicy, steps: int) -> int:
+    """Floating-point operations of one batch-1 chunk (encoder and all denoising steps)."""
+    batch = {"state": torch.zeros(1, policy.spec.n_obs, 39), "task_id": torch.zeros(1, dtype=torch.long)}
+    policy.predict_action_chunks(batch, steps)          # fills caches, as a running policy has them
+    counter = FlopCounterMode(display=False)
+    with counter:
+        policy.predict_action_chunks(batch, steps)
+    return int(counter.get_total_flops())
+
+
+def latency_rows(name: str, policy: DiffusionPolicy, steps: int, calls: int) -> list[dict]:
+    rows = []
+    caching = [True, False] if isinstance(policy.denoiser, MoDEDenoiser) else [None]
+    for cache in caching:
+        if cache is not None:
+            policy.denoiser.cache = cache
+        for batch_size in (1, 64):
+            policy.set_inference_mode("trace")
+            times = measure_chunk_latency(policy, calls if batch_size == 1 else max(calls // 8, 20), steps,
+                                          batch_size=batch_size)
+            rows.append({"policy": name, "cache": cache, "batch": batch_size, "steps": steps,
+                         "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))})
+    if caching[0] is not None:
+        policy.denoiser.cache = True
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="MT10")
+    parser.add_argument("--demos", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=15000, help="training steps for each policy")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--sampler-steps", type=int, default=4)
+    parser.add_argument("--calls", type=int, default=300, help="timed batch-1 chunk predictions per setting")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--out", default="outputs/bench/mode")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    tasks = resolve_tasks(args.tasks)
+    out = Path(args.out)
+    store_path = out / "demos.zarr"
+    reports = collect(tasks, episodes=args.demos, out=str(store_path), progress=False)
+    if any(r.kept for r in reports):
+        print(format_reports(reports))
+    store = DemoStore.open(store_path)
+    stats = store.stats or compute_stats(store)
+
+    dense_total = count_params(build([], stats, tasks))[0]
+    ratios = {"mode_active": expert_ratio_for(dense_total, 1, stats, tasks),
+              "mode_total": expert_ratio_for(dense_total, 0, stats, tasks)}
+    overrides = {"dit": [], **{k: ["policy/denoiser=mode", f"policy.denoiser.expert_ratio={r}"]
+                               for k, r in ratios.items()}}
+
+    results, latency = {}, []
+    for name, extra in overrides.items():
+        policy = build(extra, stats, tasks)
+        total, active = count_params(policy)
+        row = {"policy": EQUAL[name], "overrides": extra, "params_total": total, "params_active": active,
+               "flops_per_chunk": chunk_flops(policy, args.sampler_steps)}
+        if isinstance(policy.denoiser, MoDEDenoiser):
+            policy.denoiser.cache = False
+            row["flops_per_chunk_uncached"] = chunk_flops(policy, args.sampler_steps)
+            policy.denoiser.cache = True
+        if not args.latency_only:
+            cfg = compose("train", [f"dataset.path={store_path}", f"run_dir={out / name}", f"train.steps={args.steps}",
+                                    f"train.batch_size={args.batch}", f"train.save_every={args.steps}",
+                                    "train.val_every=0", *extra])
+            start = time.perf_counter()
+            Trainer(cfg).run()
+            row["train_minutes"] = (time.perf_counter() - start) / 60
+            trained = Policy.from_checkpoint(out / name, device="cpu")
+            result = evaluate(trained, tasks, episodes=args.eval_episodes, num_envs=10, steps=args.sampler_steps,
+                              progress=False)
+            row.update(mean_success=result.mean_success,
+                       success={t.task: t.success_rate for t in result.tasks})
+            trained.denoiser.write_diagnostics(out / name)
+        results[name] = row
+        latency += latency_rows(EQUAL[name], policy, args.sampler_steps, args.calls)
+
+    print(f"\nMoDE vs dense DiT: {len(tasks)} tasks, {args.sampler_steps} sampler steps, {args.threads} CPU threads")
+    print(f"{'policy':<22} {'total':>9} {'active':>9} {'MFLOP/chunk':>12} {'success':>8} {'train min':>9}")
+    for row in results.values():
+        print(f"{row['policy']:<22} {row['params_total']:>9,} {row['params_active']:>9,} "
+              f"{row['flops_per_chunk'] / 1e6:>12.2f} {row.get('mean_success', float('nan')):>8.3f} "
+              f"{row.get('train_minutes', float('nan')):>9.1f}")
+    if not args.latency_only:
+        print(f"\n{'task':<28}" + "".join(f"{EQUAL[k]:>22}" for k in results))
+        for task in tasks:
+            print(f"{task:<28}" + "".join(f"{results[k]['success'][task]:>22.2f}" for k in results))
+    print(f"\n{'policy':<22} {'cache':>6} {'batch':>6} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in latency:
+        print(f"{r['policy']:<22} {str(r['cache']):>6} {r['batch']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
+    dense = {r["batch"]: r["p50_ms"] for r in latency if r["policy"] == EQUAL["dit"]}
+    for r in latency:
+        if r["cache"]:
+            print(f"{r['policy']} (cached) / dense DiT at batch {r['batch']}: p50 {r['p50_ms'] / dense[r['batch']]:.2f}x")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps({"tasks": tasks, "args": vars(args), "policies": results,
+                                                 "latency": latency}, indent=2))
+    print(f"wrote {out / 'result.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Mixture-of-denoising-experts (MoDE) denoiser (``policy/denoiser=mode``).
+
+Each block's feed-forward is a mixture of SwiGLU experts. The router sees only the
+noise-level embedding ``c``, so every token of a sample uses the same experts at a given
+level and the routing of each step of a sampler is known before any observation arrives.
+Expert caching, on by default at inference, exploits that: for each noise level it runs
+the routers once and fuses the chosen experts, their routing weights folded in, into one
+dense SwiGLU layer per block (``step_inputs``). The cache is keyed by the level and by the
+parameters' version counters, so an optimizer step or a checkpoint load invalidates it.
+
+Tokens: the noise token ``c`` followed by the H action tokens (B, 1 + H, D); the
+observation and goal tokens enter by cross-attention with keys/values projected once per
+chunk, as in the DiT. Each block: ``x += attn(norm(x) + c)`` (MoDE's noise-conditioned
+attention input), ``x += cross_attn(norm(x), cond)``, ``x += moe(norm(x))``.
+
+Training picks k experts per sample by multinomial draw from the router's distribution
+(or top-k of noised logits); inference takes the top k. Weights are renormalised over the
+chosen experts. A Switch-style load-balancing term, ``load_balance`` = E * sum_e f_e * P_e,
+is 1 for uniform routing and grows as routing collapses onto few experts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .denoiser import DENOISERS, Denoiser
+from .dit import Attention, timestep_embedding
+
+ROUTERS = ("noise", "token")
+TRAIN_ROUTING = ("multinomial", "noise", "topk")
+CACHE_SIZE = 256            # noise levels kept; a sampler schedule visits at most a few dozen
+LEVEL_BINS = (("t_low", 0.0, 1 / 3), ("t_mid", 1 / 3, 2 / 3), ("t_high", 2 / 3, 1.01))
+
+
+class SwiGLUExperts(nn.Module):
+    """E SwiGLU experts of hidden width h: expert_e(x) = W2_e (silu(W1_e x) * W3_e x).
+
+    ``w13`` (E, 2h, D) holds W1 and W3 stacked; ``w2`` (E, D, h)."""
+
+    def __init__(self, n_experts: int, d_model: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.w13 = nn.Parameter(torch.randn(n_experts, 2 * hidden, d_model) * d_model ** -0.5)
+        self.w2 = nn.Parameter(torch.zeros(n_experts, d_model, hidden))   # branch starts closed
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        a, b = F.linear(x, self.w13[e]).chunk(2, dim=-1)
+        return F.linear(F.silu(a) * b, self.w2[e])
+
+    def mix(self, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """Sparse mixture over rows: x (N, D), idx and gates (N, k) -> (N, D); each expert
+        runs only on the rows routed to it."""
+        out = torch.zeros_like(x)
+        for e in range(self.w13.shape[0]):
+            chosen = idx == e                                           # (N, k)
+            rows = chosen.any(dim=-1).nonzero().squeeze(1)
+            weight = (gates * chosen).sum(dim=-1).index_select(0, rows)
+            out.index_add_(0, rows, weight[:, None] * self.expert(e, x.index_select(0, rows)))
+        return out
+
+    def fuse(self, idx: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One dense SwiGLU equal to sum_j gates_j * expert_{idx_j}: idx, gates (k,) ->
+        (w13 (2kh, D), w2 (D, kh))."""
+        w1, w3 = self.w13[idx].chunk(2, dim=1)                          # (k, h, D) each
+        w13 = torch.cat([w1.reshape(-1, w1.shape[-1]), w3.reshape(-1, w3.shape[-1])], dim=0)
+        w2 = (self.w2[idx] * gates[:, None, None]).permute(1, 0, 2).reshape(self.w2.shape[1], -1)
+        return w13.contiguous(), w2.contiguous()
+
+
+def fused_swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    a, b = F.linear(x, w13).chunk(2, dim=-1)
+    return F.linear(F.silu(a) * b, w2)
+
+
+class MoDEBlock(nn.Module):
+    def __init__(self, d: int, n_heads: int, n_experts: int, hidden: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, eps=1e-6)
+        self.self_attn = Attention(d, n_heads, dropout)
+        self.norm_cross = nn.LayerNorm(d, eps=1e-6)
+        self.cross_attn = Attention(d, n_heads, dropout)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.router = nn.Linear(d, n_experts)
+        self.experts = SwiGLUExperts(n_experts, d, hidden)
+        for attention in (self.self_attn, self.cross_attn):   # residual branches start closed
+            nn.init.zeros_(attention.out.weight)
+            nn.init.zeros_(attention.out.bias)
+
+    def attend(self, x: torch.Tensor, c_seq: torch.Tensor, cond_kv) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x) + c_seq)
+        return x + self.cross_attn(self.norm_cross(x), kv=cond_kv)
+
+
+@DENOISERS.register("mode")
+class MoDEDenoiser(Denoiser):
+    """(x_t (B, H, A), t (B,) or (B, H), prepared condition[, fused experts]) -> prediction.
+
+    ``prepare`` returns ``{"kv": [(k, v) per block]}`` like the DiT."""
+
+    def __init__(self, action_dim: int, horizon: int, d_model: int, n_layers: int, n_heads: int, n_experts: int,
+                 top_k: int, expert_ratio: float, dropout: float, router: str, train_routing: str,
+                 router_noise: float, cache: bool):
+        super().__init__(action_dim, horizon, d_model)
+        if router not in ROUTERS:
+            raise ValueError(f"policy.denoiser.router must be one of {ROUTERS}, got {router!r}")
+        if train_routing not in TRAIN_ROUTING:
+            raise ValueError(f"policy.denoiser.train_routing must be one of {TRAIN_ROUTING}, got {train_routing!r}")
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"policy.denoiser.top_k={top_k} must be in [1, n_experts={n_experts}]")
+        if d_model % n_heads:
+            raise ValueError(f"policy.d_model={d_model} is not divisible by policy.denoiser.n_heads={n_heads}")
+        self.n_experts, self.top_k = n_experts, top_k
+        self.router_kind, self.train_routing, self.router_noise = router, train_routing, router_noise
+        self.cache = cache
+        hidden = max(1, round(d_model * expert_ratio))
+        self.action_in = nn.Linear(action_dim, d_model)
+        self.position = nn.Parameter(torch.randn(1, horizon, d_model) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        self.blocks = nn.ModuleList(MoDEBlock(d_model, n_heads, n_experts, hidden, dropout) for _ in range(n_layers))
+        self.final_norm = nn.LayerNorm(d_model, eps=1e-6)
+        self.action_out = nn.Linear(d_model, action_dim)
+        nn.init.zeros_(self.action_out.weight)
+        nn.init.zeros_(self.action_out.bias)
+        self._fused: OrderedDict = OrderedDict()       # (level, weights version) -> fused experts per block
+        self.routes: dict[float, list] = {}              # level -> [(experts, gates) per block], for plots
+
+    # ------------------------------------------------------------------ routing
+    def noise_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """c: (B,) -> (B, D) or (B, H) -> (B, H, D)."""
+        return self.time_mlp(timestep_embedding(t, self.d_model))
+
+    def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits (R, E) -> (experts (R, k), renormalised gates (R, k), probabilities (R, E))."""
+        probs = logits.float().softmax(dim=-1)
+        if self.training and self.train_routing == "multinomial":
+            idx = torch.multinomial(probs, self.top_k)
+        elif self.training and self.train_routing == "noise":
+            idx = (logits + self.router_noise * torch.randn_like(logits)).topk(self.top_k, dim=-1).indices
+        else:
+            idx = probs.topk(self.top_k, dim=-1).indices
+        gates = probs.gather(-1, idx)
+        return idx, (gates / gates.sum(dim=-1, keepdim=True)).to(logits.dtype), probs
+
+    def prepare(self, cond: torch.Tensor) -> dict:
+        return {"kv": [block.cross_attn.keys_values(cond) for block in self.blocks]}
+
+    # ------------------------------------------------------------------ expert caching
+    def _weights_version(self) -> tuple:
+        params = [self.time_mlp[0].weight, self.time_mlp[0].bias, self.time_mlp[2].weight, self.time_mlp[2].bias]
+        for block in self.blocks:
+            params += [block.router.weight, block.router.bias, block.experts.w13, block.experts.w2]
+        return tuple((id(p), p._version) for p in params)
+
+    def step_inputs(self, t: torch.Tensor):
+        """Fused experts of every block for one batch-wide noise level (cached); None when
+        caching is off, in training, with token routing or with levels that differ."""
+        if self.training or not self.cache or self.router_kind != "noise" or t.dim() != 1:
+            return None
+        level = float(t[0])
+        if not bool((t == t[0]).all()):
+            return None
+        key = (round(level, 7), self._weights_version())
+        fused = self._fused.get(key)
+        if fused is None:
+            with torch.no_grad():
+                c = self.noise_embedding(t[:1])
+                fused, routes = [], []
+                for block in self.blocks:
+                    idx, gates, _ = self.route(block.router(c))
+                    fused.append(block.experts.fuse(idx[0], gates[0]))
+                    routes.append((idx[0].tolist(), gates[0].tolist()))
+            self._fused[key] = fused
+            self.routes[round(level, 7)] = routes
+            while len(self._fused) > CACHE_SIZE:
+                self._fused.popitem(last=False)
+        return fused
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, prepared: dict, fused=None):
+        b, h, _ = x_t.shape
+        c = self.noise_embedding(t)                                     # (B, D) or (B, H, D)
+        c_token = c[:, None] if c.dim() == 2 else c.mean(dim=1, keepdim=True)
+        c_seq = c_token if c.dim() == 2 else torch.cat([c_token, c], dim=1)
+        x = torch.cat([c_token, self.action_in(x_t) + self.position[:, :h]], dim=1)    # (B, 1 + H, D)
+        balance, usage = [], []
+        for i, (block, kv) in enumerate(zip(self.blocks, prepared["kv"])):
+            x = block.attend(x, c_seq, kv)
+            y = block.norm2(x)
+            if fused is not None:                                       # cached: one dense layer
+                x = x + fused_swiglu(y, *fused[i])
+                continue
+            rows = y.reshape(-1, self.d_model)                           # (B * (1 + H), D)
+            per_sample = self.router_kind == "noise" and c.dim() == 2
+            router_in = rows if self.router_kind == "token" else (c if per_sample else c_seq.reshape(-1, self.d_model))
+            idx, gates, probs = self.route(block.router(router_in))
+            if self.training:
+                balance.append(load_balance(probs, idx, self.n_experts))
+                usage.append(F.one_hot(idx, self.n_experts).float().sum(dim=1).reshape(b, -1, self.n_experts)
+                             .mean(dim=1) / self.top_k)                  # (B, E): share of choices
+            if per_sample:                                              # a sample's route serves all its tokens
+                idx, gates = idx.repeat_interleave(1 + h, dim=0), gates.repeat_interleave(1 + h, dim=0)
+            x = x + block.experts.mix(rows, idx, gates).reshape(x.shape)
+        prediction = self.action_out(self.final_norm(x[:, 1:]))
+        if not self.training:
+            return prediction
+        return {"prediction": prediction, "load_balance": torch.stack(balance).mean(),
+                "expert_usage": torch.stack(usage).mean(dim=0).detach(),
+                "routing_levels": (t if t.dim() == 1 else t.mean(dim=1)).detach()}
+
+    # ------------------------------------------------------------------ losses, logs, plots
+    def loss_terms(self, out) -> dict[str, torch.Tensor]:
+        return {"load_balance": out["load_balance"]} if isinstance(out, dict) and "load_balance" in out else {}
+
+    def log_values(self, out) -> dict[str, float]:
+        """Share of expert choices per noise-level bin: ``routing/<bin>/expert<e>``."""
+        if not isinstance(out, dict) or "expert_usage" not in out:
+            return {}
+        usage, levels, logs = out["expert_usage"], out["routing_levels"], {}
+        for name, low, high in LEVEL_BINS:
+            rows = (levels >= low) & (levels < high)
+            if rows.any():
+                for e, share in enumerate(usage[rows].mean(dim=0).tolist()):
+                    logs[f"routing/{name}/expert{e}"] = share
+        return logs
+
+    def write_diagnostics(self, directory) -> list:
+        if not self.routes:
+            return []
+        path = Path(directory) / "expert_routing.png"
+        plot_routes(self.routes, self.n_experts, path)
+        return [path]
+
+
+def load_balance(probs: torch.Tensor, idx: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Switch-style balance term: probs (R, E) router probabilities, idx (R, k) chosen experts.
+
+    E * sum_e f_e * P_e with f_e the share of choices that went to e and P_e its mean
+    probability; 1 when both are uniform, up to E when one expert takes everything."""
+    share = F.one_hot(idx, n_experts).float().sum(dim=(0, 1)) / idx.numel()
+    return n_experts * (share * probs.mean(dim=0)).sum()
+
+
+def plot_routes(routes: dict[float, list], n_experts: int, path: Path) -> None:
+    """Heat map of routing weight per (noise level, block, expert)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    levels = sorted(routes, reverse=True)
+    n_blocks = len(routes[levels[0]])
+    grid = np.zeros((len(levels), n_blocks * n_experts))
+    for row, level in enumerate(levels):
+        for block, (experts, gates) in enumerate(routes[level]):
+            for e, g in zip(experts, gates):
+                grid[row, block * n_experts + e] = g
+    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * grid.shape[1], 1.2 + 0.3 * len(levels)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(len(levels)), [f"{t:.3f}" for t in levels])
+    ax.set_xticks(range(grid.shape[1]), [f"b{i // n_experts}e{i % n_experts}" for i in range(grid.shape[1])],
+                  rotation=90)
+    ax.set_ylabel("noise level t")
+    ax.set_title("expert routing weight per noise level")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

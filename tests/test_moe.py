@@ -1,0 +1,141 @@
+"""The mixture-of-denoising-experts family: noise-only routing, expert caching, balance loss."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY_POLICY, write_reaching_store
+
+from ditpolicy.config import compose, policy_config
+from ditpolicy.datasets import Normalizer
+from ditpolicy.datasets.stats import array_stats
+from ditpolicy.policies import DiffusionPolicy, MoDEDenoiser, Policy, PolicySpec
+from ditpolicy.policies.moe import load_balance
+from ditpolicy.policies.train import Trainer
+
+MODE = ["policy/denoiser=mode", "policy.d_model=32", "policy.denoiser.n_layers=2", "policy.denoiser.n_heads=2",
+        "policy.horizon=6", "policy.n_action_steps=3"]
+
+
+def mode_policy(*overrides) -> DiffusionPolicy:
+    torch.manual_seed(0)
+    spec = PolicySpec.from_config(policy_config([*MODE, *overrides]), {"state": [5]}, [], 2, ["a", "b"])
+    rng = np.random.default_rng(0)
+    stats = {"state": array_stats(rng.normal(size=(50, 5))), "action": array_stats(rng.normal(size=(50, 2)))}
+    policy = DiffusionPolicy(spec, Normalizer.from_stats(stats, spec.normalize)).eval()
+    with torch.no_grad():   # open the branches that start closed, so every part shapes the output
+        for block in policy.denoiser.blocks:
+            block.experts.w2.normal_(std=0.2)
+            block.self_attn.out.weight.normal_(std=0.2)
+            block.cross_attn.out.weight.normal_(std=0.2)
+            block.router.weight.normal_(std=1.0)
+        policy.denoiser.action_out.weight.normal_(std=0.2)
+    return policy
+
+
+BATCH = {"state": torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(1)), "task_id": torch.tensor([0, 1, 1])}
+
+
+@pytest.mark.parametrize("mode", ["eager", "trace"])
+@pytest.mark.parametrize("process", ["flow", "ddpm"])
+def test_cached_experts_match_the_uncached_mixture(mode, process):
+    cached = mode_policy(f"policy/process={process}").set_inference_mode(mode)
+    uncached = mode_policy(f"policy/process={process}", "policy.denoiser.cache=false").set_inference_mode(mode)
+    for steps in (1, 4, 10):
+        a = cached.predict_action_chunks(BATCH, steps, generator=torch.Generator().manual_seed(2))
+        b = uncached.predict_action_chunks(BATCH, steps, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    assert len(cached.denoiser._fused) > 0 and len(uncached.denoiser._fused) == 0
+    # the cache holds one entry per visited level: 1 + 4 + 10 levels, some shared
+    levels = {round(t, 7) for t in cached.denoiser.routes}
+    assert len(cached.denoiser._fused) == len(levels) <= 15
+
+
+def test_routing_depends_only_on_the_noise_level():
+    policy = mode_policy()
+    denoiser = policy.denoiser
+    seen = []
+    original = denoiser.route
+    denoiser.route = lambda logits: (lambda r: (seen.append(r[0].clone()), r)[1])(original(logits))
+    prepared = denoiser.prepare(policy.condition(BATCH))
+    other = denoiser.prepare(policy.condition({**BATCH, "state": BATCH["state"] * 5 + 1}))
+    t = torch.tensor([0.2, 0.7, 0.7])
+    for x, cond in ((torch.randn(3, 6, 2), prepared), (torch.randn(3, 6, 2) * 3, other)):
+        denoiser(x, t, cond)
+    first, second = seen[: len(seen) // 2], seen[len(seen) // 2:]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a[1], a[2]) for a in first)            # same level, same experts
+    denoiser(torch.randn(3, 6, 2), torch.tensor([0.95, 0.7, 0.7]), prepared)
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, seen[-2:]))   # level changed
+    # a token router, for comparison, routes each token from its content
+    token = mode_policy("policy.denoiser.router=token").denoiser
+    seen.clear()
+    token.route = lambda logits: (lambda r: (seen.append(r[0].clone()), r)[1])(MoDEDenoiser.route(token, logits))
+    token(torch.randn(3, 6, 2), t, token.prepare(torch.randn(3, 5, 32)))
+    assert seen[0].shape == (3 * 7, 2)
+
+
+def test_load_balance_is_one_for_uniform_routing_and_grows_with_collapse():
+    n, e = 64, 4
+    uniform_probs = torch.full((n, e), 1 / e)
+    uniform_idx = torch.stack([torch.arange(n) % e, (torch.arange(n) + 1) % e], dim=1)
+    assert load_balance(uniform_probs, uniform_idx, e).item() == pytest.approx(1.0)
+    skewed = torch.tensor([0.55, 0.35, 0.05, 0.05]).expand(n, e)
+    collapsed = torch.tensor([0.97, 0.01, 0.01, 0.01]).expand(n, e)
+    both = torch.tensor([[0, 1]]).expand(n, 2)
+    values = [load_balance(p, both, e).item() for p in (uniform_probs, skewed, collapsed)]
+    assert values[0] < values[1] < values[2] and values[2] > 1.9
+
+
+def test_the_cache_invalidates_after_an_optimizer_step_and_after_loading():
+    policy = mode_policy()
+    denoiser = policy.denoiser
+    t = torch.full((3,), 0.5)
+    before = denoiser.step_inputs(t)
+    assert denoiser.step_inputs(t) is before                       # served from the cache
+    optimizer = torch.optim.SGD(denoiser.parameters(), lr=0.5)
+    for p in denoiser.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    after = denoiser.step_inputs(t)
+    assert after is not before and not torch.equal(after[0][1], before[0][1])
+    other = mode_policy()
+    other.load_state_dict({k: v + 0.1 if v.is_floating_point() else v for k, v in policy.state_dict().items()})
+    loaded = other.denoiser.step_inputs(t)
+    fresh = MoDEDenoiser.step_inputs(other.denoiser, t)
+    assert loaded is fresh
+    c = other.denoiser.noise_embedding(t[:1])
+    idx, gates, _ = other.denoiser.route(other.denoiser.blocks[0].router(c))
+    w13, w2 = other.denoiser.blocks[0].experts.fuse(idx[0], gates[0])
+    torch.testing.assert_close(loaded[0][0], w13)
+    torch.testing.assert_close(loaded[0][1], w2)
+
+
+def test_training_logs_the_balance_term_and_routing_per_level():
+    policy = mode_policy().train()
+    batch = {**BATCH, "action": torch.randn(3, 6, 2)}
+    loss, logs = policy.compute_loss(batch)
+    assert "loss/load_balance" in logs and logs["loss/load_balance"] >= 1.0 - 1e-6
+    assert logs["loss"] == pytest.approx(logs["loss/diffusion"] + 0.01 * logs["loss/load_balance"], rel=1e-5)
+    shares = [v for k, v in logs.items() if k.startswith("routing/")]
+    assert shares and all(0 <= v <= 1 for v in shares)
+    loss.backward()
+    assert policy.denoiser.blocks[0].router.weight.grad.abs().sum() > 0   # the router learns through the gates
+
+
+def test_a_mode_checkpoint_round_trips_and_plots_its_routing(tmp_path):
+    store = tmp_path / "reach.zarr"
+    write_reaching_store(store)
+    overrides = [o for o in TINY_POLICY if "denoiser" not in o]
+    trainer = Trainer(compose("train", [f"dataset.path={store}", f"run_dir={tmp_path / 'run'}", *overrides,
+                                        "policy/denoiser=mode", "policy.denoiser.n_layers=2",
+                                        "policy.denoiser.n_heads=2", "train.steps=6", "train.save_every=6"]))
+    trainer.run()
+    trained = trainer.ema_policy()
+    loaded = Policy.from_checkpoint(tmp_path / "run", device="cpu")
+    assert isinstance(loaded.denoiser, MoDEDenoiser) and loaded.denoiser.cache
+    batch = {"state": torch.randn(2, 2, 4), "task_id": torch.tensor([0, 1])}
+    a = trained.predict_action_chunks(batch, 4, generator=torch.Generator().manual_seed(0))
+    b = loaded.predict_action_chunks(batch, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    paths = loaded.denoiser.write_diagnostics(tmp_path / "eval")
+    assert [p.name for p in paths] == ["expert_routing.png"] and paths[0].stat().st_size > 2000
