@@ -83,6 +83,12 @@ def save_checkpoint(
     train_state (optional): {"optimizer": state_dict, "scheduler": state_dict, "step": int,
     "numpy_rng": dict, "torch_rng": ByteTensor, "ema_updates": int}."""
     path = Path(path)
+    model_state = _contiguous(policy.state_dict())
+    for name, state in (("model.safetensors", model_state), ("ema.safetensors", ema_state)):
+        try:  # a non-finite checkpoint is never written
+            check_state(state, state, name)
+        except ValueError as exc:
+            raise CheckpointError(path, f"not written: {exc}") from None
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(".*.tmp-*"):  # left by a run killed while saving
@@ -94,13 +100,13 @@ def save_checkpoint(
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
     cfg.policy_spec = policy.spec.to_dict()
     OmegaConf.save(cfg, tmp / "config.yaml")
-    save_file(_contiguous(policy.state_dict()), str(tmp / "model.safetensors"))
+    save_file(model_state, str(tmp / "model.safetensors"))
     save_file(_contiguous(ema_state), str(tmp / "ema.safetensors"))
     policy.normalizer.save(tmp / "normalizer.safetensors")
     from .. import __version__
 
-    meta = {"policy_type": POLICY_TYPE, "denoiser": policy.spec.denoiser["name"], "ditpolicy_version": __version__, "torch_version": torch.__version__,
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
+    meta = {"policy_type": POLICY_TYPE, "denoiser": policy.spec.denoiser["name"], "ditpolicy_version": __version__,
+            "torch_version": torch.__version__, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     if train_state is not None:
         tensors, optim_info = _flatten_optimizer(train_state["optimizer"])

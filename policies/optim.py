@@ -9,12 +9,16 @@ from torch import nn
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms, embeddings (1-D tensors and position tables)."""
+    """AdamW; no weight decay on biases and norms (1-D tensors), embedding tables
+    (``nn.Embedding``) and learned token / position embeddings (names holding "embedding" or
+    "position")."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "embedding" in name or "position" in name else decay).append(param)
+        free = param.ndim < 2 or id(param) in tables or "embedding" in name or "position" in name
+        (no_decay if free else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 

@@ -80,3 +80,15 @@ def test_a_killed_save_leaves_nothing_behind_after_the_next_save(store, tmp_path
                               "train.save_every=2"])).run()
     assert not stale.exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000002"]
+
+
+def test_a_non_finite_checkpoint_is_never_written(store, tmp_path):
+    from ditpolicy.policies.checkpoint import save_checkpoint
+
+    trainer = Trainer(compose("train", [f"dataset.path={store}", f"run_dir={tmp_path / 'run'}", *TINY_POLICY]))
+    ema = {k: v.clone() for k, v in trainer.ema.state.items()}
+    ema["denoiser.action_out.bias"][0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"not written: ema.safetensors tensor 'denoiser.action_out.bias' "
+                                              r"holds NaN/inf"):
+        save_checkpoint(tmp_path / "ckpt", trainer.policy, ema, trainer.cfg, {"step": 0})
+    assert not (tmp_path / "ckpt").exists()
