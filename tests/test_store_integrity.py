@@ -35,7 +35,7 @@ def flip_bytes(file, offset=None):
 
 
 def verify_cli(path):
-    return subprocess.run([sys.executable, "-m", "ditpolicy", "verify", f"store={path}"],
+    return subprocess.run([sys.executable, "-m", "ditpolicy", "verify", str(path)],
                           capture_output=True, text=True, timeout=120)
 
 
