@@ -43,7 +43,7 @@ class DiffusionPolicy(nn.Module):
         )
         widths = tuple(spec.image_widths)
         self.encoder = ObservationEncoder(obs_spec, spec.n_obs, spec.d_model, widths)
-        language_dim = int(np.prod(spec.goal_shapes["language"][-1:])) if "language" in spec.goal_shapes else 0
+        language_dim = int(spec.goal_shapes.get("language", [0])[-1])     # (L,) or (N, L): L
         self.goals = GoalEncoder(spec.goals, spec.d_model, len(spec.tasks), language_dim, widths)
         self.denoiser = DENOISERS.build(spec.denoiser, action_dim=spec.action_dim, horizon=spec.horizon,
                                         d_model=spec.d_model)
