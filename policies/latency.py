@@ -22,8 +22,7 @@ def measure_chunk_latency(policy, calls: int, steps: int | None = None, threads:
     threads to use (None: unchanged)."""
     if threads:
         torch.set_num_threads(threads)
-    executor = policy.executor if batch_size == 1 else ChunkExecutor(policy, batch_size=batch_size)
-    executor.steps = steps
+    executor = ChunkExecutor(policy, batch_size=batch_size, steps=steps)   # the policy's own one stays untouched
     executor.reset(policy.goal_inputs(0 if policy.spec.tasks else None, batch_size))
     executor.observe(zero_observation(policy.spec, batch_size))
     for _ in range(warmup):
