@@ -21,7 +21,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "info": ("summarise a zarr demonstration store", "ditpolicy.commands:info"),
     "verify": ("check every chunk, checksum and value of a store; exit 1 on any problem", "ditpolicy.commands:verify"),
     "train": ("train a policy on a zarr store", "ditpolicy.commands:train"),
+    "distill": ("consistency-distil a checkpoint into a 1-2 step sampler (second training stage)",
+                "ditpolicy.commands:distill"),
     "eval": ("evaluate a checkpoint in simulation (success, latency, videos, plot)", "ditpolicy.commands:eval"),
+    "deploy": ("run a checkpoint through the real-time runtime and safety layer on a (simulated) robot",
+               "ditpolicy.commands:deploy"),
     "demo": ("the main job on its defaults, end to end", "ditpolicy.commands:demo"),
 }
 

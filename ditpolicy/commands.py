@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .settings import flag, integer, number, positive_int
+from .settings import SettingError, flag, integer, number, positive_int
 
 
 def collect(cfg: DictConfig) -> int:
@@ -65,6 +65,76 @@ def train(cfg: DictConfig) -> int:
     return 0
 
 
+def distill(cfg: DictConfig) -> int:
+    from .policies.checkpoint import CheckpointError, load_policy, resolve_checkpoint
+    from .policies.distill import ConsistencyDistillation
+    from .policies.train import Trainer, resolve_device
+
+    teacher_dir = resolve_checkpoint(cfg.checkpoint)
+    teacher = load_policy(teacher_dir, "cpu", use_ema=True)       # checks every file of the checkpoint
+    teacher_cfg = OmegaConf.load(teacher_dir / "config.yaml")
+    if "policy" not in teacher_cfg or "train" not in teacher_cfg:
+        raise CheckpointError(teacher_dir, "config.yaml holds no train/policy sections to distill with")
+    teacher_steps, inference_steps = positive_int(cfg, "teacher_steps"), positive_int(cfg, "inference_steps")
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(f"{Path(teacher_cfg.run_dir)}-distilled")
+    train_cfg = OmegaConf.merge(
+        {k: v for k, v in teacher_cfg.items() if k != "policy_spec"},
+        {"train": {k: v for k, v in OmegaConf.to_container(cfg.train).items() if v is not None}, "run_dir": str(run_dir), "resume": bool(cfg.resume),
+         "policy": {"inference_steps": inference_steps}})
+    if cfg.dataset:
+        train_cfg.dataset.path = str(cfg.dataset)
+    teacher = teacher.to(resolve_device(train_cfg.train.device))
+    objective = ConsistencyDistillation(teacher, teacher_steps, str(cfg.loss))
+    print(f"distilling {teacher_dir} ({teacher.spec.inference_steps}-step teacher, grid of {teacher_steps}) "
+          f"into a {inference_steps}-step student -> {run_dir}")
+    meta = {"distilled_from": str(teacher_dir.resolve()), "distillation": {"method": "consistency",
+                                                                  "teacher_steps": teacher_steps, "loss": str(cfg.loss)}}
+    checkpoint = Trainer(train_cfg, objective=objective, init_from=teacher_dir, meta=meta).run()
+    print(f"checkpoint: {checkpoint.resolve()}")
+    return 0
+
+
+def deploy(cfg: DictConfig) -> int:
+    from .deploy.runtime import Runtime, RuntimeSettings
+    from .deploy.safety import SafetyFilter, SafetyLimits
+    from .policies import Policy
+
+    if cfg.robot != "metaworld":
+        raise ValueError(f"robot={cfg.robot!r}: this build drives robot=metaworld (a simulated arm)")
+    from .envs.metaworld_robot import MetaWorldRobot
+
+    episodes, max_steps, seed = positive_int(cfg, "episodes"), positive_int(cfg, "max_steps"), integer(cfg, "seed")
+    try:
+        settings = RuntimeSettings(**OmegaConf.to_container(cfg.runtime))
+        settings.check()
+        limits = SafetyLimits.from_dict(OmegaConf.to_container(cfg.safety))
+    except (TypeError, ValueError) as exc:
+        raise SettingError(f"runtime/safety settings: {exc}") from None
+    policy = Policy.from_checkpoint(cfg.checkpoint, device=cfg.device)
+    task = cfg.task or policy.spec.tasks[0]
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "deploy"
+    out.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for episode in range(episodes):
+        robot = MetaWorldRobot(task, seed=seed + episode, max_episode_steps=max_steps + 1)
+        runtime = Runtime(policy, robot, settings, safety=SafetyFilter(limits, policy.spec.action_dim),
+                          goal=policy.goal_inputs(task, 1))
+        report = runtime.run(max_steps, should_stop=lambda: robot.success)
+        report["success"] = robot.success
+        robot.close()
+        reports.append(report)
+        inf, sched = report["inference_ms"], report["schedule"]
+        print(f"episode {episode}: success={robot.success} ticks={report['ticks']} rate={report['rate_hz']:.2f} Hz "
+              f"inference p50 {inf['p50']:.2f} / p99 {inf['p99']:.2f} ms, jitter p99 "
+              f"{report['period_jitter_ms']['p99']:.2f} ms, misses {report['deadline_misses']}, dropped "
+              f"{sched['dropped']}, starved {sched['starved']}, late requests {report['late_requests']}, "
+              f"safety clamps {report['safety_clamps']} holds {report['safety_holds']}")
+    (out / "deploy.json").write_text(json.dumps({"task": task, "settings": OmegaConf.to_container(cfg.runtime),
+                                                 "episodes": reports}, indent=2))
+    print(f"success {np.mean([r['success'] for r in reports]):.2f} over {episodes} episodes; report: {out / 'deploy.json'}")
+    return 0
+
+
 def run_eval(cfg: DictConfig):
     """Evaluate a checkpoint; writes result.json, success.png and videos. Returns the result."""
     from .envs.metaworld_tasks import resolve_tasks
@@ -83,16 +153,34 @@ def run_eval(cfg: DictConfig):
         if cfg.tasks else policy.spec.tasks
     ckpt = Path(cfg.checkpoint)
     out = Path(cfg.out) if cfg.out else (ckpt if (ckpt / "checkpoints").exists() else ckpt.resolve().parent.parent) / "eval"
+    warm_start, delay = number(cfg, "warm_start", low=0.0, high=0.999), integer(cfg, "delay", 0)
+    executor = None
+    if delay or cfg.rtc or cfg.blending != "naive":
+        from .deploy.simulated_delay import DelayedChunkExecutor
+
+        try:
+            executor = DelayedChunkExecutor(policy, min(num_envs, episodes), delay, str(cfg.blending), cfg.rtc,
+                                            warm_start, n_action_steps, steps)
+        except ValueError as exc:
+            raise SettingError(f"delay / blending / rtc: {exc}") from None
     result = evaluate(policy, tasks, episodes=episodes, num_envs=num_envs, max_episode_steps=max_steps,
                       n_action_steps=n_action_steps, steps=steps, seed=seed, video_dir=out / "videos",
-                      videos_per_task=videos)
+                      videos_per_task=videos, warm_start=warm_start, executor=executor)
     out.mkdir(parents=True, exist_ok=True)
     summary = result.as_dict()
+    summary["realtime"] = {"warm_start": warm_start, "delay": delay, "blending": str(cfg.blending), "rtc": cfg.rtc}
+    if executor is not None:
+        summary["realtime"].update(schedule=executor.scheduler.stats.as_dict(), smoothness=executor.seams.as_dict())
     summary["checkpoint"] = str(Path(cfg.checkpoint).resolve())
     summary["sampler_steps"] = steps or policy.spec.inference_steps
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     plot_success(result, out / "success.png", title=f"{Path(cfg.checkpoint).name}: success over {cfg.episodes} episodes/task")
     print(result.table())
+    if executor is not None:
+        seams, sched = executor.seams.as_dict(), executor.scheduler.stats
+        print(f"delay {delay} steps, {cfg.blending} blending, rtc {cfg.rtc}: seam |da| {seams['seam_jump']:.4f} vs "
+              f"within {seams['within_jump']:.4f} (ratio {seams['ratio']:.2f}); {sched.dropped} actions dropped, "
+              f"{sched.blended} steps blended, {sched.starved} starved")
     print(f"results: {out / 'result.json'}\nplot:    {out / 'success.png'}")
     for path in policy.denoiser.write_diagnostics(out):
         print(f"plot:    {path}")

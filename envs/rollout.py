@@ -157,11 +157,18 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> None:
 
 def evaluate(policy, tasks: list[str], episodes: int = 50, num_envs: int = 10, max_episode_steps: int = 500,
              n_action_steps: int | None = None, steps: int | None = None, seed: int = 0,
-             video_dir: str | Path | None = None, videos_per_task: int = 1, progress: bool = True) -> EvalResult:
-    """Success of ``policy`` on each task over ``episodes`` seeded episodes."""
+             video_dir: str | Path | None = None, videos_per_task: int = 1, progress: bool = True,
+             warm_start: float = 0.0, executor: ChunkExecutor | None = None) -> EvalResult:
+    """Success of ``policy`` on each task over ``episodes`` seeded episodes.
+
+    ``warm_start``: start each chunk's sampler from the rest of the previous chunk at that
+    noise level (control.py). ``executor``: drive the envs with this one (its batch size is
+    the number of envs) instead of a plain ChunkExecutor, e.g. one that simulates an inference
+    delay (deploy/simulated_delay.py)."""
     policy.eval()
-    executor = ChunkExecutor(policy, batch_size=max(1, min(num_envs, episodes)), n_action_steps=n_action_steps,
-                             steps=steps)
+    if executor is None:
+        executor = ChunkExecutor(policy, batch_size=max(1, min(num_envs, episodes)), n_action_steps=n_action_steps,
+                                 steps=steps, warm_start=warm_start)
     results, videos = [], []
     bar = progress_bar(total=episodes * len(tasks), desc="eval", unit="ep", disable=not progress)
     for index, task in enumerate(tasks):

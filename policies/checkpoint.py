@@ -171,7 +171,9 @@ def read_spec(path: Path) -> tuple[DictConfig, PolicySpec, dict]:
     spec_dict = OmegaConf.to_container(cfg.policy_spec, resolve=True)
     if is_legacy_spec(spec_dict):
         spec_dict = upgrade_spec(spec_dict)
-    elif "type" in spec_dict:
+    elif "type" not in spec_dict:
+        spec_dict.setdefault("prefix_delay_max", 0)      # checkpoints from before real-time chunking
+    if "type" in spec_dict:
         raise CheckpointError(path, f"config.yaml describes a {spec_dict['type']!r} policy, not a {POLICY_TYPE!r} policy")
     try:
         spec = PolicySpec.from_dict(spec_dict)

@@ -12,6 +12,10 @@ is predicted when the queue is empty and its first ``n_action_steps`` actions ar
 Rollouts in simulation and the robot runtime share this class; ``DiffusionPolicy``'s
 ``reset`` / ``observe`` / ``select_action`` drive one with B = 1.
 
+Warm start (``warm_start`` = a level in (0, 1)): the next chunk's sampler starts from the
+not-yet-executed rest of the previous chunk noised to that level, instead of from pure
+noise, and walks only from there: the truncated-diffusion idea applied to control.
+
 Latency: each chunk prediction is timed. The first prediction at a new batch size builds
 the traced graphs, so it is kept apart as warm-up (``warmup_ms``) and not mixed into
 ``latencies_ms``.
@@ -72,12 +76,18 @@ def check_observation(spec, obs: dict[str, np.ndarray], batch_size: int, normali
 class ChunkExecutor:
     """Observation history, action queue and chunk timing for B parallel episodes."""
 
-    def __init__(self, policy, batch_size: int = 1, n_action_steps: int | None = None, steps: int | None = None):
+    def __init__(self, policy, batch_size: int = 1, n_action_steps: int | None = None, steps: int | None = None,
+                 warm_start: float = 0.0, rtc: str = "inpaint"):
         spec = policy.spec
+        if not 0.0 <= float(warm_start) < 1.0:
+            raise ValueError(f"warm_start is a noise level in [0, 1) (0: off), got {warm_start}")
         self.policy = policy
         self.batch_size = int(batch_size)
         self.n_action_steps = min(int(n_action_steps or spec.n_action_steps), spec.horizon)
         self.steps = steps
+        self.warm_start = float(warm_start)
+        self.rtc = rtc
+        self._last_chunk: np.ndarray | None = None
         self.goal: dict[str, torch.Tensor] = {}
         self.latencies_ms: list[float] = []
         self.warmup_ms: list[float] = []
@@ -90,6 +100,7 @@ class ChunkExecutor:
         self.goal = dict(goal or {})
         self._history.clear()
         self._queue.clear()
+        self._last_chunk = None
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         """Add one control step's observation (key -> (B, ...)); the first fills the history."""
@@ -112,19 +123,33 @@ class ChunkExecutor:
     def act(self) -> np.ndarray:
         """The next action of every episode, (B, A); predicts a new chunk when the queue is empty."""
         if not self._queue:
-            chunk = self.predict()
+            rest = None if self._last_chunk is None else self._last_chunk[:, self.n_action_steps:]
+            chunk = self._last_chunk = self.predict(rest)
             self._queue.extend(chunk[:, i] for i in range(self.n_action_steps))
         return self._queue.popleft()
 
-    def predict(self) -> np.ndarray:
-        """One timed chunk prediction from the current history: (B, H, A)."""
+    def predict(self, prefix: np.ndarray | None = None, delay: int = 0,
+                history: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """One timed chunk prediction from the current history (or a snapshot of it taken
+        with ``history()``): (B, H, A).
+
+        ``prefix`` (B, P, A): the actions the running chunk still plans for the new chunk's
+        first P steps, ``delay`` of which run before it arrives. The new chunk starts from them
+        when warm-starting, and keeps to the first ``delay`` (real-time chunking, ``rtc``)."""
         missing = [k for k in self.policy.goals.input_keys if k not in self.goal]
         if missing:
             raise RuntimeError(f"no goal {missing}: call reset(...) with the episode's goal before acting")
         device = self.policy.device
-        batch = {k: torch.as_tensor(v).to(device) for k, v in self.history().items()}
+        batch = {k: torch.as_tensor(v).to(device) for k, v in (history or self.history()).items()}
+        options = {}
+        if prefix is not None and prefix.shape[1] > 0:
+            prefix_t = torch.as_tensor(prefix, dtype=torch.float32)
+            if delay > 0:
+                options.update(prefix=prefix_t, delay=delay, rtc=self.rtc)
+            if self.warm_start > 0:
+                options.update(init=pad_chunk(prefix_t, self.policy.spec.horizon), t_start=self.warm_start)
         start = time.perf_counter()
-        chunk = self.policy.predict_action_chunks({**batch, **self.goal}, steps=self.steps).cpu().numpy()
+        chunk = self.policy.predict_action_chunks({**batch, **self.goal}, steps=self.steps, **options).cpu().numpy()
         elapsed = (time.perf_counter() - start) * 1e3
         if self.batch_size in self._warm_batch_sizes:
             self.latencies_ms.append(elapsed)
@@ -132,3 +157,9 @@ class ChunkExecutor:
             self._warm_batch_sizes.add(self.batch_size)
             self.warmup_ms.append(elapsed)
         return chunk
+
+
+def pad_chunk(actions: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(B, P, A) actions as a (B, horizon, A) chunk: cut, or the last action repeated."""
+    actions = actions[:, :horizon]
+    return torch.cat([actions, actions[:, -1:].expand(-1, horizon - actions.shape[1], -1)], dim=1)

@@ -12,12 +12,15 @@ A family's ``prepare`` may return any pytree (dicts, lists, tuples) of tensors: 
 flattened into plain tensor inputs of the graph and rebuilt inside it, so the per-chunk
 work stays outside the step and the step needs no knowledge of the family. A family's
 per-level ``step_inputs(t)`` (denoiser.py) are computed outside the graph each step and
-enter it the same way.
+enter it the same way. The per-chunk work itself (normalising and encoding the
+observations and goals, then ``prepare``) is one more graph in ``trace`` mode
+(``FastStep.prepare``), so a 1-step chunk is two graph calls and little Python.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -41,6 +44,32 @@ class _FlatStep(nn.Module):
         return self.denoiser(x, t, *pytree.tree_unflatten(list(leaves), self.spec))
 
 
+class _Condition(nn.Module):
+    """Observation and goal inputs, flat in ``keys`` order -> the leaves of the prepared condition."""
+
+    def __init__(self, policy, keys: tuple[str, ...]):
+        super().__init__()
+        self.policy = policy
+        self.keys = keys
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        prepared = self.policy.denoiser.prepare(self.policy.condition(dict(zip(self.keys, inputs))))
+        return tuple(pytree.tree_leaves(prepared))
+
+
+@dataclass
+class FlatPrepared:
+    """A prepared condition as graph outputs: its leaves, its tree structure, and the key of
+    the step graphs that take it."""
+    leaves: tuple
+    spec: pytree.TreeSpec
+    key: tuple
+
+    def tree(self):
+        """The prepared condition as the family's pytree."""
+        return pytree.tree_unflatten(list(self.leaves), self.spec)[0]
+
+
 class FastStep:
     """Builds per-chunk step functions ``fn(x, t)`` for a denoiser, specialised per input shape."""
 
@@ -61,22 +90,54 @@ class FastStep:
             traced = torch.jit.trace(step, (x, t, *leaves), check_trace=False, strict=False)
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
+    def prepare(self, policy, batch: dict[str, torch.Tensor]):
+        """The per-chunk condition of a batch: ``denoiser.prepare(policy.condition(batch))``,
+        as one traced graph (outside ``eager`` mode) returning a FlatPrepared."""
+        if self.mode == "eager":
+            return policy.denoiser.prepare(policy.condition(batch))
+        keys = tuple(k for k in (*policy.spec.obs_keys, *policy.goals.input_keys) if k in batch)
+        inputs = tuple(batch[k] for k in keys)
+        key = ("prepare", keys, *((tuple(v.shape), v.dtype, v.device) for v in inputs))
+        entry = self._graphs.get(key)
+        if entry is None:
+            module = _Condition(policy, keys).eval()
+            _, spec = pytree.tree_flatten((policy.denoiser.prepare(policy.condition(batch)),))
+            leaves = module(*inputs)
+            if self.mode == "compile":
+                graph = torch.compile(module, dynamic=False)
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    traced = torch.jit.trace(module, inputs, check_trace=False, strict=False)
+                    graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            entry = self._graphs[key] = (graph, spec, (str(spec), *(tuple(v.shape) for v in leaves)))
+        graph, spec, step_key = entry
+        return FlatPrepared(tuple(graph(*inputs)), spec, step_key)
+
     def bind(self, prepared) -> Callable[[torch.Tensor, torch.Tensor], DenoiserOutput]:
         """``fn(x, t)`` for one chunk: the prepared condition is flattened once here, not per step."""
         denoiser = self.denoiser
         if self.mode == "eager":
+            if isinstance(prepared, FlatPrepared):
+                prepared = prepared.tree()
+
             def eager(x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
                 extra = denoiser.step_inputs(t)
                 return denoiser(x, t, prepared) if extra is None else denoiser(x, t, prepared, extra)
             return eager
-        leaves, spec = pytree.tree_flatten((prepared,))
-        chunk_key = (str(spec), *(tuple(v.shape) for v in leaves))
+        if isinstance(prepared, FlatPrepared):
+            leaves, spec, chunk_key = list(prepared.leaves), prepared.spec, prepared.key
+            prepared = None
+        else:
+            leaves, spec = pytree.tree_flatten((prepared,))
+            chunk_key = (str(spec), *(tuple(v.shape) for v in leaves))
 
         def step(x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
             extra = denoiser.step_inputs(t)
             args, args_spec, key = leaves, spec, chunk_key
             if extra is not None:
-                args, args_spec = pytree.tree_flatten((prepared, extra))
+                tree = prepared if prepared is not None else pytree.tree_unflatten(leaves, spec)[0]   # (prepared,)
+                args, args_spec = pytree.tree_flatten((tree, extra))
                 key = (str(args_spec), *(tuple(v.shape) for v in args))
             key = (tuple(x.shape), tuple(t.shape), x.device, x.dtype, key)
             graph = self._graphs.get(key)

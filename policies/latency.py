@@ -16,18 +16,23 @@ def zero_observation(spec, batch_size: int | None = None) -> dict[str, np.ndarra
 
 
 def measure_chunk_latency(policy, calls: int, steps: int | None = None, threads: int | None = None,
-                          warmup: int = 20, batch_size: int = 1) -> np.ndarray:
+                          warmup: int = 20, batch_size: int = 1, warm_start: float = 0.0, delay: int = 0,
+                          rtc: str = "inpaint") -> np.ndarray:
     """Milliseconds of ``calls`` chunk predictions for ``batch_size`` episodes at once, after
     ``warmup`` untimed ones (graph building, caches, allocator). ``threads``: torch CPU
-    threads to use (None: unchanged)."""
+    threads to use (None: unchanged). ``warm_start`` / ``delay`` with ``rtc``: time the
+    chunk as it runs with a plan from the previous chunk (warm start, real-time chunking)."""
     if threads:
         torch.set_num_threads(threads)
-    executor = ChunkExecutor(policy, batch_size=batch_size, steps=steps)   # the policy's own one stays untouched
-    executor.reset(policy.goal_inputs(0 if policy.spec.tasks else None, batch_size))
+    executor = ChunkExecutor(policy, batch_size=batch_size, steps=steps, warm_start=warm_start, rtc=rtc)
+    executor.reset(policy.goal_inputs(0 if policy.spec.tasks else None, batch_size))   # the policy's own executor stays untouched
     executor.observe(zero_observation(policy.spec, batch_size))
+    spec = policy.spec
+    plan = np.zeros((batch_size, spec.horizon - executor.n_action_steps, spec.action_dim), np.float32) \
+        if (warm_start or delay) else None
     for _ in range(warmup):
-        executor.predict()
+        executor.predict(plan, delay)
     executor.latencies_ms.clear()
     for _ in range(calls):
-        executor.predict()
+        executor.predict(plan, delay)
     return np.asarray(executor.latencies_ms)

@@ -27,6 +27,7 @@ def upgrade_spec(spec: dict) -> dict:
     spec["goals"] = [] if spec.pop("goal") == "none" else ["task"]
     spec.setdefault("goal_shapes", {})
     spec.setdefault("loss_weights", {"diffusion": 1.0})
+    spec.setdefault("prefix_delay_max", 0)
     return spec
 
 

@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from ..datasets import Normalizer
-from .control import ChunkExecutor, ObservationError, check_observation
+from .control import ChunkExecutor, ObservationError, check_observation, pad_chunk
 from .denoiser import DENOISERS
 from .encoders import ObservationEncoder, ObsSpec
 from .fast_step import FastStep
 from .goals import GOAL_INPUTS, GoalEncoder
+from .inpainting import inpainted, prefix_weights
 from .processes import make_process
 from .processes.base import start_levels
 from .spec import PolicySpec
@@ -95,9 +96,10 @@ class DiffusionPolicy(nn.Module):
         and of the denoiser (e.g. ``load_balance``), and a log with each term and ``loss``."""
         actions = self.normalizer.normalize(self.spec.action_key, batch[self.spec.action_key].float())
         prepared = self.denoiser.prepare(self.condition(batch, augment=self.training))
-        x_t, t, target = self.process.training_pair(actions)
+        t, mask = self.training_levels(actions)
+        x_t, t, target = self.process.training_pair(actions, t)
         out = self.denoiser(x_t, t, prepared)
-        terms = {**self.process.loss_terms(out, target), **self.denoiser.loss_terms(out)}
+        terms = {**self.process.loss_terms(out, target, mask), **self.denoiser.loss_terms(out)}
         unweighted = sorted(set(terms) - set(self.loss_weights))
         if unweighted:
             raise ValueError(f"loss term(s) {unweighted} have no weight: set policy.loss_weights."
@@ -108,28 +110,75 @@ class DiffusionPolicy(nn.Module):
         logs.update(self.denoiser.log_values(out))
         return loss, logs
 
+    def training_levels(self, actions: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Noise levels and loss mask for a batch of chunks (B, H, A).
+
+        With ``prefix_delay_max`` > 0 (training-time real-time chunking) each sample's first
+        d ~ U{0..prefix_delay_max} actions sit at level 0, clean, as the actions a robot is
+        still executing would at inference, and are left out of the loss: levels (B, H) and
+        mask (B, H). Otherwise (None, None): the process draws one level per sample."""
+        if not self.spec.prefix_delay_max:
+            return None, None
+        b, h = actions.shape[:2]
+        t = self.process.draw_levels((b,), actions.device, actions.dtype)
+        delay = torch.randint(0, self.spec.prefix_delay_max + 1, (b, 1), device=actions.device)
+        mask = torch.arange(h, device=actions.device)[None] >= delay
+        return torch.where(mask, t[:, None], torch.zeros_like(t)[:, None]), mask
+
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
     def predict_action_chunks(self, batch: dict[str, torch.Tensor], steps: int | None = None,
                               generator: torch.Generator | None = None, init: torch.Tensor | None = None,
-                              t_start: float | torch.Tensor = 1.0, return_heads: bool = False):
+                              t_start: float | torch.Tensor = 1.0, return_heads: bool = False,
+                              prefix: torch.Tensor | None = None, delay: int = 0, rtc: str = "inpaint",
+                              decay: str = "exp"):
         """Observation histories (B, n_obs, ...) and goal inputs -> actions (B, H, A), unnormalised.
 
         ``init`` (B, H, A), unnormalised, starts the sampler from those actions noised to
         ``t_start`` (per sample or per token) instead of from pure noise. The observation
         encoding and per-chunk denoiser state are computed once and shared by all ``steps``
-        denoising evaluations. With ``return_heads`` also returns the denoiser's extra heads."""
+        denoising evaluations. With ``return_heads`` also returns the denoiser's extra heads.
+
+        Real-time chunking: ``prefix`` (B, P, A), unnormalised, are the actions the previous
+        chunk plans for this chunk's first P steps, of which the first ``delay`` will run
+        before this chunk arrives. ``rtc="inpaint"`` steers the sampler toward them
+        (inpainting.py, ``decay`` of the weights); ``rtc="train"`` gives the first ``delay``
+        to the network clean, for policies trained with ``prefix_delay_max >= delay``."""
         b = batch[self.spec.obs_keys[0]].shape[0]
-        prepared = self.denoiser.prepare(self.condition(batch))
-        shape = (b, self.spec.horizon, self.spec.action_dim)
+        h = self.spec.horizon
+        prepared = self.fast_step.prepare(self, batch)
+        shape = (b, h, self.spec.action_dim)
         x = torch.randn(shape, device=self.device, generator=generator)
         if init is not None:
             x0 = self.normalizer.normalize(self.spec.action_key, init.to(self.device).float())
             x = self.process.add_noise(x0, start_levels(t_start, x0), x)
-        actions, heads = self.process.sample(self.fast_step.bind(prepared), x, t_start,
-                                             steps or self.spec.inference_steps)
+        fn = self.fast_step.bind(prepared)
+        if prefix is not None and prefix.shape[1] > 0:
+            x, t_start, fn = self._with_prefix(x, t_start, fn, prefix, delay, rtc, decay)
+        actions, heads = self.process.sample(fn, x, t_start, steps or self.spec.inference_steps)
         actions = self.normalizer.unnormalize(self.spec.action_key, actions)
         return (actions, heads) if return_heads else actions
+
+    def _with_prefix(self, x, t_start, fn, prefix, delay: int, rtc: str, decay: str):
+        """Sampler start, levels and step function that honour a committed prefix (B, P, A)."""
+        h = self.spec.horizon
+        p = self.normalizer.normalize(self.spec.action_key, prefix.to(self.device).float())[:, :h]
+        full = pad_chunk(p, h)                                                    # (B, H, A)
+        delay = min(int(delay), p.shape[1])
+        if rtc == "train":
+            if delay > self.spec.prefix_delay_max:
+                raise ValueError(f"rtc='train' with a delay of {delay} steps needs a policy trained with "
+                                 f"policy.prefix_delay_max >= {delay}; this one has {self.spec.prefix_delay_max}")
+            levels = start_levels(t_start, x)
+            levels = (levels[:, None].expand(-1, h) if levels.dim() == 1 else levels).clone()
+            levels[:, :delay] = 0.0
+            x = x.clone()
+            x[:, :delay] = full[:, :delay]
+            return x, levels, fn
+        if rtc != "inpaint":
+            raise ValueError(f"rtc must be 'inpaint' or 'train', got {rtc!r}")
+        weights = torch.as_tensor(prefix_weights(h, delay, p.shape[1], decay))
+        return x, t_start, inpainted(fn, self.process, full, weights)
 
     def goal_inputs(self, task: str | int | None = None, batch_size: int = 1, **goal) -> dict[str, torch.Tensor]:
         """Goal tensors (B, ...) for the policy's goal kinds: ``task`` by name or index, and

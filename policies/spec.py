@@ -30,6 +30,7 @@ class PolicySpec:
     inference_steps: int                 # default sampler steps; every call may choose its own
     image_widths: list[int]              # per-camera CNN stage widths
     loss_weights: dict[str, float]       # weight per named loss term
+    prefix_delay_max: int                # training-time real-time chunking: up to this many leading actions given clean (0: off)
     denoiser: dict                       # the denoiser family's section: name (+ module) and options
     process: dict                        # the denoising process's section: name and options
 
@@ -69,6 +70,10 @@ class PolicySpec:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"policy.{key} must be a positive integer, got {value!r}")
+        if not isinstance(self.prefix_delay_max, int) or isinstance(self.prefix_delay_max, bool) \
+                or not 0 <= self.prefix_delay_max < self.horizon:
+            raise ValueError(f"policy.prefix_delay_max must be an integer in [0, horizon={self.horizon}), "
+                             f"got {self.prefix_delay_max!r}")
         if self.n_action_steps > self.horizon:
             raise ValueError(f"policy.n_action_steps={self.n_action_steps} exceeds policy.horizon={self.horizon}")
         for name, weight in self.loss_weights.items():

@@ -76,10 +76,24 @@ def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, to
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def default_objective(policy: DiffusionPolicy, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """The policy's own loss: its process's and family's named, weighted terms."""
+    return policy.compute_loss(batch)
+
+
 class Trainer:
-    def __init__(self, cfg: DictConfig):
+    """One training loop for every objective.
+
+    ``objective(policy, batch) -> (loss, logs)`` is the policy's own loss by default; a second
+    stage (distill.py) passes its own. ``init_from``: a checkpoint whose EMA weights start
+    the run (ignored when resuming). ``meta``: extra entries for every checkpoint's meta.json."""
+
+    def __init__(self, cfg: DictConfig, objective=None, init_from: str | Path | None = None,
+                 meta: dict | None = None):
         check_train_settings(cfg)
         self.cfg = cfg
+        self.objective = objective or default_objective
+        self.extra_meta = dict(meta or {})
         t = cfg.train
         self.device = resolve_device(t.device)
         if t.num_threads > 0:
@@ -99,6 +113,8 @@ class Trainer:
             raise ValueError(f"store {self.store.path}: no training windows (no episodes with actions?)")
         normalizer = Normalizer.from_stats(stats, self.spec.normalize)
         self.policy = DiffusionPolicy(self.spec, normalizer).to(self.device)
+        if init_from is not None and not cfg.resume:
+            self._init_weights(init_from)
         self.ema = EMA(self.policy, float(t.ema_decay))
         self.optimizer = make_optimizer(self.policy, float(t.lr), float(t.weight_decay), tuple(t.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -118,6 +134,16 @@ class Trainer:
         if precision in ("auto", "bf16"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float16
+
+    def _init_weights(self, path: str | Path) -> None:
+        from .checkpoint import load_policy
+
+        source = load_policy(path, "cpu", use_ema=True)
+        try:
+            check_state(self.policy.state_dict(), source.state_dict(), "ema.safetensors")
+        except ValueError as exc:
+            raise CheckpointError(path, f"cannot start from it: {exc}") from None
+        self.policy.load_state_dict(source.state_dict())
 
     def _resume(self) -> None:
         latest = self.ckpt_dir / LATEST
@@ -149,7 +175,8 @@ class Trainer:
             "ema_updates": self.ema.updates,
         }
         meta = {"step": self.step, "data": {"store": str(self.store.path), "fingerprint": data_fingerprint(self.store),
-                                            "episodes": self.store.n_episodes, "steps": self.store.n_steps}}
+                                            "episodes": self.store.n_episodes, "steps": self.store.n_steps},
+                **self.extra_meta}
         target = save_checkpoint(self.ckpt_dir / f"step_{self.step:07d}", self.policy, self.ema.state, self.cfg, meta,
                                  train_state)
         point_latest(self.ckpt_dir, target, keep_last=int(self.cfg.train.keep_checkpoints))
@@ -167,7 +194,7 @@ class Trainer:
         batch = to_torch(self.train_sampler.sample_batch(rows), self.device)
         self.policy.train()
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            loss, logs = self.policy.compute_loss(batch)
+            loss, logs = self.objective(self.policy, batch)
         if not np.isfinite(logs["loss"]):
             self._diverged(f"loss is {logs['loss']}", rows, logs)
         self.optimizer.zero_grad(set_to_none=True)
@@ -203,7 +230,7 @@ class Trainer:
         losses = []
         for _ in range(batches):
             rows = gen.integers(0, len(self.val_sampler), int(self.cfg.train.batch_size))
-            losses.append(float(policy.compute_loss(to_torch(self.val_sampler.sample_batch(rows), self.device))[0]))
+            losses.append(float(self.objective(policy, to_torch(self.val_sampler.sample_batch(rows), self.device))[0]))
         torch.set_rng_state(cpu_rng)  # validation must not shift the training RNG stream
         return float(np.mean(losses))
 

@@ -65,6 +65,20 @@ class DenoisingProcess:
         """What the denoiser learns to predict at (x_t, t)."""
         raise NotImplementedError
 
+    def x0_estimate(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """The clean sample (B, H, A) that the prediction ``pred`` at (x_t, t) implies."""
+        raise NotImplementedError
+
+    def prediction_for(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The prediction at (x_t, t) that implies the clean sample ``x0``: the inverse of
+        ``x0_estimate``, so a sampler can be steered by editing its clean-sample estimate."""
+        raise NotImplementedError
+
+    def noise_estimate(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The noise that takes ``x0`` to ``x_t`` at level t. With ``x0_estimate`` this gives
+        the deterministic step ``add_noise(x0, t_next, noise)`` (DDIM; Euler for flow)."""
+        raise NotImplementedError
+
     def training_pair(self, x0: torch.Tensor, t: torch.Tensor | None = None, generator=None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t, t, target) for x0 (B, H, A); t (B,) drawn here unless given, (B,) or (B, H)."""

@@ -62,6 +62,19 @@ class DDPMProcess(DenoisingProcess):
     def target(self, x0, eps, t):
         return eps if self.prediction == "epsilon" else x0
 
+    def x0_estimate(self, x_t, t, pred):
+        if self.prediction == "sample":
+            return pred
+        abar = self._abar(self.level_index(t), x_t)
+        return (x_t - (1 - abar).sqrt() * pred) / abar.sqrt()
+
+    def prediction_for(self, x_t, t, x0):
+        return x0 if self.prediction == "sample" else self.noise_estimate(x_t, t, x0)
+
+    def noise_estimate(self, x_t, t, x0):
+        abar = self._abar(self.level_index(t), x_t)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).clamp_min(1e-12).sqrt()
+
     def _walk(self, j0, i: int, steps: int):
         """Level index of evaluation i: from j0 down to 1 (training step 0); 0 stays 0.
         j0 is an int (one level for the batch) or a long tensor (per sample or token)."""

@@ -39,6 +39,17 @@ class FlowMatchingProcess(DenoisingProcess):
     def target(self, x0, eps, t):
         return eps - x0
 
+    def x0_estimate(self, x_t, t, pred):
+        return x_t - expand_levels(t, x_t) * pred
+
+    def prediction_for(self, x_t, t, x0):
+        # a token at level 0 is held fixed by the sampler: any finite velocity does
+        return (x_t - x0) / expand_levels(t, x_t).clamp_min(1e-6)
+
+    def noise_estimate(self, x_t, t, x0):
+        tt = expand_levels(t, x_t)
+        return torch.where(tt > 0, (x_t - (1 - tt) * x0) / tt.clamp_min(1e-6), torch.zeros_like(x_t))
+
     @staticmethod
     def _plan(t_start, x: torch.Tensor, steps: int) -> tuple[list[tuple], torch.Tensor | None]:
         """Per step: (t now, t next, step length dt broadcastable to x); plus the mask of
