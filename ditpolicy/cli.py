@@ -22,6 +22,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "verify": ("check every chunk, checksum and value of a store; exit 1 on any problem", "ditpolicy.commands:verify"),
     "train": ("train a policy on a zarr store", "ditpolicy.commands:train"),
     "eval": ("evaluate a checkpoint in simulation (success, latency, videos, plot)", "ditpolicy.commands:eval"),
+    "export": ("write a checkpoint's policy as ONNX graphs (optionally int8) for ONNX Runtime",
+               "ditpolicy.commands:export"),
     "demo": ("the main job on its defaults, end to end", "ditpolicy.commands:demo"),
 }
 

@@ -1,4 +1,5 @@
-"""Chunk latency of a policy, measured through the control API's executor."""
+"""Chunk latency of a policy, or of several compared in one run, measured through the
+control API's executor."""
 
 from __future__ import annotations
 
@@ -31,3 +32,27 @@ def measure_chunk_latency(policy, calls: int, steps: int | None = None, threads:
     for _ in range(calls):
         executor.predict()
     return np.asarray(executor.latencies_ms)
+
+
+def measure_interleaved(policies: dict[str, object], calls: int, steps: int | None = None, warmup: int = 20,
+                        batch_size: int = 1) -> dict[str, np.ndarray]:
+    """Milliseconds of ``calls`` chunk predictions of each policy (name -> policy: a torch
+    policy or any with the same interface, e.g. OnnxPolicy), taken in turn: each repetition
+    runs every policy once, in an order rotated per repetition, so that load from other
+    processes and the CPU's clock changes fall on all of them alike. ``warmup`` untimed
+    calls of each first. Threads are the caller's to set (torch and each runtime's own)."""
+    executors = {}
+    for name, policy in policies.items():
+        executor = ChunkExecutor(policy, batch_size=batch_size, steps=steps)
+        executor.reset(policy.goal_inputs(0 if policy.spec.tasks else None, batch_size))
+        executor.observe(zero_observation(policy.spec, batch_size))
+        for _ in range(warmup):
+            executor.predict()
+        executor.latencies_ms.clear()
+        executors[name] = executor
+    order = list(executors)
+    for rep in range(calls):
+        shift = rep % len(order)
+        for name in order[shift:] + order[:shift]:
+            executors[name].predict()
+    return {name: np.asarray(executor.latencies_ms) for name, executor in executors.items()}
