@@ -9,15 +9,16 @@ each): the default flow policy (``base``), the same policy trained with a clean 
 to 4 actions (``rtc``, training-time real-time chunking), and ``base`` consistency-distilled
 into a 1–2 step sampler (``distilled``). Each is trained once and reused from ``--out``.
 
-1. Steps: success and batch-1 chunk latency (2 CPU threads) at 1, 2, 4 and 10 sampler steps,
-   for ``base`` and ``distilled``, each cold (from noise) and warm-started from the rest of
-   the previous chunk.
+1. Steps: success at 1, 2, 4 and 10 sampler steps, for ``base`` and ``distilled``, each cold
+   (from noise) and warm-started from the rest of the previous chunk; ``latency``: their
+   batch-1 chunk latency p50/p99 on ``--threads`` CPU threads (run it alone).
 2. Delay: the inference delay simulated exactly (deploy/simulated_delay.py) at 0, 2 and 4
    control steps: success and seam smoothness (mean |a(t+1) - a(t)| where the supplying
    chunk changes, against within chunks) for naive switching, temporal ensembling,
    inference-time and training-time real-time chunking.
 
-Run it alone: two torch processes on 2 cores slow each other many times over.
+Each part (``--skip`` the others) writes ``<out>/realtime_<part>.json``. Run the latency part
+alone: two torch processes on 2 cores slow each other many times over.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ditpolicy.policies.latency import measure_chunk_latency
 TASKS = ["reach-v3", "pick-place-v3", "button-press-topdown-v3"]
 STEPS = (1, 2, 4, 10)
 DELAYS = (0, 2, 4)
+PARTS = ("steps", "latency", "delay")
 STRATEGIES = {"naive": dict(blending="naive"), "ensemble": dict(blending="ensemble"),
               "rtc-inpaint": dict(rtc="inpaint"), "rtc-train": dict(rtc="train")}
 
@@ -65,7 +67,7 @@ def ensure_policies(args) -> dict[str, Path]:
 
 
 def latency(policy, steps: int, calls: int, **options) -> dict:
-    times = measure_chunk_latency(policy, calls, steps, threads=2, **options)
+    times = measure_chunk_latency(policy, calls, steps, **options)
     return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
 
 
@@ -77,11 +79,21 @@ def step_rows(policies: dict, args) -> list[dict]:
                 result = evaluate(policies[name], TASKS, episodes=args.episodes, num_envs=args.num_envs, steps=steps,
                                   warm_start=warm, seed=args.seed, progress=False)
                 row = {"policy": name, "steps": steps, "warm_start": warm, "success": result.mean_success,
-                       "per_task": {t.task: t.success_rate for t in result.tasks},
+                       "per_task": {t.task: t.success_rate for t in result.tasks}}
+                rows.append(row)
+                print(f"{name:<10} {steps:>5} {warm:>5.2f} {row['success']:>8.3f}", flush=True)
+    return rows
+
+
+def latency_rows(policies: dict, args) -> list[dict]:
+    rows = []
+    for name in ("base", "distilled"):
+        for steps in STEPS:
+            for warm in (0.0, args.warm_start):
+                row = {"policy": name, "steps": steps, "warm_start": warm,
                        **latency(policies[name], steps, args.calls, warm_start=warm)}
                 rows.append(row)
-                print(f"{name:<10} {steps:>5} {warm:>5.2f} {row['success']:>8.3f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}",
-                      flush=True)
+                print(f"{name:<10} {steps:>5} {warm:>5.2f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}", flush=True)
     return rows
 
 
@@ -89,6 +101,8 @@ def delay_rows(policies: dict, args) -> list[dict]:
     rows = []
     for delay in DELAYS:
         for strategy, options in STRATEGIES.items():
+            if args.strategies and strategy not in args.strategies:
+                continue
             policy = policies["rtc" if strategy == "rtc-train" else "base"]
             executor = DelayedChunkExecutor(policy, batch_size=args.num_envs, delay=delay, steps=args.delay_steps,
                                             **options)
@@ -115,24 +129,29 @@ def main() -> None:
     parser.add_argument("--warm-start", type=float, default=0.5, help="noise level of the warm start")
     parser.add_argument("--delay-steps", type=int, default=10, help="sampler steps in the delay study")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", choices=["steps", "delay"], action="append", default=[])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (latency figures use them)")
+    parser.add_argument("--skip", choices=PARTS, action="append", default=[])
+    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=None)
     args = parser.parse_args()
 
     started = time.perf_counter()
     runs = ensure_policies(args)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     policies = {name: Policy.from_checkpoint(run, device="cpu") for name, run in runs.items()}
     report = {"tasks": TASKS, "episodes_per_task": args.episodes, "checkpoints": {k: str(v) for k, v in runs.items()}}
-    if "steps" not in args.skip:
-        print(f"\n{'policy':<10} {'steps':>5} {'warm':>5} {'success':>8} {'p50 ms':>8} {'p99 ms':>8}")
-        report["steps"] = step_rows(policies, args)
-    if "delay" not in args.skip:
-        print(f"\n{'delay':>5} {'strategy':<12} {'success':>8} {'seam |da|':>9} {'within':>9} {'ratio':>6}")
-        report["delay"] = delay_rows(policies, args)
-    report["minutes"] = (time.perf_counter() - started) / 60
-    out = Path(args.out) / "realtime.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out} ({report['minutes']:.1f} min)")
+    parts = {"steps": (f"{'policy':<10} {'steps':>5} {'warm':>5} {'success':>8}", step_rows),
+             "latency": (f"{'policy':<10} {'steps':>5} {'warm':>5} {'p50 ms':>8} {'p99 ms':>8}", latency_rows),
+             "delay": (f"{'delay':>5} {'strategy':<12} {'success':>8} {'seam |da|':>9} {'within':>9} {'ratio':>6}",
+                       delay_rows)}
+    for part, (header, rows) in parts.items():
+        if part in args.skip:
+            continue
+        print(f"\n{header}")
+        report[part] = rows(policies, args)
+        out = Path(args.out) / f"realtime_{part}.json"
+        out.write_text(json.dumps({**report, part: report[part]}, indent=2))
+        print(f"wrote {out}")
+    print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} min")
 
 
 if __name__ == "__main__":

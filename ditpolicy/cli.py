@@ -26,6 +26,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate a checkpoint in simulation (success, latency, videos, plot)", "ditpolicy.commands:eval"),
     "deploy": ("run a checkpoint through the real-time runtime and safety layer on a (simulated) robot",
                "ditpolicy.commands:deploy"),
+    "export": ("write a checkpoint's policy as ONNX graphs (optionally int8) for ONNX Runtime",
+               "ditpolicy.commands:export"),
     "demo": ("the main job on its defaults, end to end", "ditpolicy.commands:demo"),
 }
 

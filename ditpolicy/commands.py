@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .settings import SettingError, flag, integer, number, positive_int
+from .settings import SettingError, choice, flag, integer, number, positive_int
 
 
 def collect(cfg: DictConfig) -> int:
@@ -84,11 +84,15 @@ def distill(cfg: DictConfig) -> int:
     if cfg.dataset:
         train_cfg.dataset.path = str(cfg.dataset)
     teacher = teacher.to(resolve_device(train_cfg.train.device))
-    objective = ConsistencyDistillation(teacher, teacher_steps, str(cfg.loss))
+    try:
+        objective = ConsistencyDistillation(teacher, teacher_steps, str(cfg.loss), str(cfg.target))
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
     print(f"distilling {teacher_dir} ({teacher.spec.inference_steps}-step teacher, grid of {teacher_steps}) "
           f"into a {inference_steps}-step student -> {run_dir}")
     meta = {"distilled_from": str(teacher_dir.resolve()), "distillation": {"method": "consistency",
-                                                                  "teacher_steps": teacher_steps, "loss": str(cfg.loss)}}
+                                                                  "teacher_steps": teacher_steps, "loss": str(cfg.loss),
+                                                                  "target": str(cfg.target)}}
     checkpoint = Trainer(train_cfg, objective=objective, init_from=teacher_dir, meta=meta).run()
     print(f"checkpoint: {checkpoint.resolve()}")
     return 0
@@ -148,7 +152,22 @@ def run_eval(cfg: DictConfig):
     max_steps, videos, seed = positive_int(cfg, "env.max_episode_steps"), integer(cfg, "videos", 0), integer(cfg, "seed")
     steps = None if cfg.steps is None else positive_int(cfg, "steps")
     n_action_steps = None if cfg.n_action_steps is None else positive_int(cfg, "n_action_steps")
-    policy = Policy.from_checkpoint(cfg.checkpoint, device=resolve_device(cfg.device))
+    backend, quantize = choice(cfg, "backend", ("torch", "onnx")), choice(cfg, "quantize", (None, "int8"))
+    if backend == "torch":
+        if quantize is not None or cfg.onnx_dir is not None:
+            raise SettingError("quantize and onnx_dir apply to backend=onnx; pass backend=onnx")
+        policy = Policy.from_checkpoint(cfg.checkpoint, device=resolve_device(cfg.device))
+    else:
+        _require_onnx("eval backend=onnx")
+        from .policies.onnx_backend import load_backend
+
+        policy = load_backend(cfg.checkpoint, "onnx", cfg.onnx_dir, quantize,
+                              threads=positive_int(cfg, "onnx_threads"))
+        batch = min(num_envs, episodes)
+        if policy.batch_size is not None and policy.batch_size != batch:
+            raise SettingError(f"num_envs={num_envs} runs batches of {batch}, but {policy.export_dir} was exported "
+                               f"for batch size {policy.batch_size}: pass num_envs={policy.batch_size}, or an "
+                               f"onnx_dir exported with batch_size=null")
     tasks = resolve_tasks(OmegaConf.to_object(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else cfg.tasks) \
         if cfg.tasks else policy.spec.tasks
     ckpt = Path(cfg.checkpoint)
@@ -173,6 +192,7 @@ def run_eval(cfg: DictConfig):
         summary["realtime"].update(schedule=executor.scheduler.stats.as_dict(), smoothness=executor.seams.as_dict())
     summary["checkpoint"] = str(Path(cfg.checkpoint).resolve())
     summary["sampler_steps"] = steps or policy.spec.inference_steps
+    summary["backend"] = backend if backend == "torch" else f"onnx ({policy.variant}, {policy.export_dir})"
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     plot_success(result, out / "success.png", title=f"{Path(cfg.checkpoint).name}: success over {cfg.episodes} episodes/task")
     print(result.table())
@@ -182,7 +202,7 @@ def run_eval(cfg: DictConfig):
               f"within {seams['within_jump']:.4f} (ratio {seams['ratio']:.2f}); {sched.dropped} actions dropped, "
               f"{sched.blended} steps blended, {sched.starved} starved")
     print(f"results: {out / 'result.json'}\nplot:    {out / 'success.png'}")
-    for path in policy.denoiser.write_diagnostics(out):
+    for path in (policy.denoiser.write_diagnostics(out) if backend == "torch" else []):
         print(f"plot:    {path}")
     for video in result.videos:
         print(f"video:   {video}")
@@ -191,6 +211,37 @@ def run_eval(cfg: DictConfig):
 
 def eval(cfg: DictConfig) -> int:  # noqa: A001  (the verb's name)
     run_eval(cfg)
+    return 0
+
+
+def _require_onnx(what: str) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise SettingError(f"{what} needs onnx and onnxruntime ({exc.name} is missing): "
+                           f"pip install -e '.[onnx]'") from None
+
+
+def export(cfg: DictConfig) -> int:
+    """Write a checkpoint's policy as ONNX graphs; prints the files and their sizes."""
+    choice(cfg, "format", ("onnx",))
+    quantize = choice(cfg, "quantize", (None, "int8"))
+    batch_size = None if cfg.batch_size is None else positive_int(cfg, "batch_size")
+    _require_onnx("export format=onnx")
+    from .policies.checkpoint import load_policy, resolve_checkpoint
+    from .policies.onnx_export import export_onnx, file_sizes
+
+    checkpoint = resolve_checkpoint(cfg.checkpoint)
+    policy = load_policy(checkpoint, "cpu", inference_mode="eager")
+    checkpoint = checkpoint.resolve()
+    out = Path(cfg.out) if cfg.out else checkpoint / "onnx"
+    export_onnx(policy, out, batch_size=batch_size, quantize=quantize, checkpoint=checkpoint)
+    batch = "dynamic" if batch_size is None else batch_size
+    print(f"exported {checkpoint} ({policy.spec.denoiser['name']} denoiser, {policy.spec.process['name']} process) "
+          f"to {out}: batch {batch}{', int8 graphs beside fp32' if quantize else ''}")
+    for name, size in file_sizes(out).items():
+        print(f"  {name:<24} {size / 1024:>10.1f} KiB")
     return 0
 
 

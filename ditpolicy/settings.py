@@ -61,3 +61,12 @@ def flag(cfg: DictConfig, key: str) -> bool:
     if not isinstance(value, bool):
         raise SettingError(f"{key} must be true or false, got {value!r}")
     return value
+
+
+def choice(cfg: DictConfig, key: str, choices: tuple):
+    """``cfg.<key>`` as one of ``choices``; with None among them the key may be null."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    if isinstance(value, bool) or value not in choices:
+        shown = ", ".join("null" if c is None else str(c) for c in choices)
+        raise SettingError(f"{key} must be one of {shown}, got {value!r}")
+    return value

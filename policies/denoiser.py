@@ -17,6 +17,9 @@ Optional hooks:
   once per level rather than inside every step (fused experts of a noise-routed mixture).
   When it returns a pytree instead of None, inference calls ``forward(x_t, t, prepared,
   step)`` with it, outside the traced graph, so a family can cache it by level.
+- ``graph_step_inputs(t)``: the same per-level inputs computed as tensor work inside an
+  exported graph (onnx_export.py), which has no cache outside it; None: none needed, or
+  the forward's own path is exportable as it is.
 - ``log_values(out)``: training diagnostics (floats) logged beside the loss terms.
 - ``write_diagnostics(directory)``: files (plots) written after an evaluation.
 
@@ -60,6 +63,10 @@ class Denoiser(nn.Module):
 
     def step_inputs(self, t: torch.Tensor):
         """Per-level inputs computed outside the traced step at inference; None: none."""
+        return None
+
+    def graph_step_inputs(self, t: torch.Tensor):
+        """``step_inputs`` as traceable tensor work for graph export (ONNX); None: none."""
         return None
 
     def log_values(self, out: DenoiserOutput) -> dict[str, float]:

@@ -65,16 +65,23 @@ class SwiGLUExperts(nn.Module):
 
     def fuse(self, idx: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One dense SwiGLU equal to sum_j gates_j * expert_{idx_j}: idx, gates (k,) ->
-        (w13 (2kh, D), w2 (D, kh))."""
-        w1, w3 = self.w13[idx].chunk(2, dim=1)                          # (k, h, D) each
-        w13 = torch.cat([w1.reshape(-1, w1.shape[-1]), w3.reshape(-1, w3.shape[-1])], dim=0)
-        w2 = (self.w2[idx] * gates[:, None, None]).permute(1, 0, 2).reshape(self.w2.shape[1], -1)
+        (w13 (2kh, D), w2 (D, kh)); with a leading batch, (B, k) -> one layer per sample,
+        (B, 2kh, D) and (B, D, kh)."""
+        w1, w3 = self.w13[idx].chunk(2, dim=-2)                         # (..., k, h, D) each
+        lead, d = idx.shape[:-1], w1.shape[-1]
+        w13 = torch.cat([w1.reshape(*lead, -1, d), w3.reshape(*lead, -1, d)], dim=-2)
+        w2 = (self.w2[idx] * gates[..., None, None]).transpose(-3, -2).reshape(*lead, self.w2.shape[1], -1)
         return w13.contiguous(), w2.contiguous()
 
 
 def fused_swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    a, b = F.linear(x, w13).chunk(2, dim=-1)
-    return F.linear(F.silu(a) * b, w2)
+    """x (B, N, D) through a fused layer shared by the batch (w13 (2kh, D), w2 (D, kh)) or one
+    per sample (w13 (B, 2kh, D), w2 (B, D, kh))."""
+    if w13.dim() == 2:
+        a, b = F.linear(x, w13).chunk(2, dim=-1)
+        return F.linear(F.silu(a) * b, w2)
+    a, b = torch.matmul(x, w13.transpose(-1, -2)).chunk(2, dim=-1)
+    return torch.matmul(F.silu(a) * b, w2.transpose(-1, -2))
 
 
 class MoDEBlock(nn.Module):
@@ -178,6 +185,20 @@ class MoDEDenoiser(Denoiser):
             self.routes[round(level, 7)] = routes
             while len(self._fused) > CACHE_SIZE:
                 self._fused.popitem(last=False)
+        return fused
+
+    def graph_step_inputs(self, t: torch.Tensor):
+        """The fused experts of every block, one layer per sample, computed from the levels t
+        (B,) as plain tensor work (routers, top-k, gathers) that a graph export holds, so an
+        exported step routes exactly as the cache does without a cache outside the graph.
+        None (the forward's own sparse routing) with token routing or per-token levels."""
+        if self.training or self.router_kind != "noise" or t.dim() != 1:
+            return None
+        c = self.noise_embedding(t)                                     # (B, D)
+        fused = []
+        for block in self.blocks:
+            idx, gates, _ = self.route(block.router(c))                 # (B, k) each
+            fused.append(block.experts.fuse(idx, gates))                # (B, 2kh, D), (B, D, kh)
         return fused
 
     # ------------------------------------------------------------------ forward

@@ -48,7 +48,8 @@ def test_distilled_one_step_matches_the_ten_step_teacher(teacher):
     latest = student_dir / "checkpoints" / "latest"
     meta = json.loads((latest / "meta.json").read_text())
     assert meta["distilled_from"] == str((teacher / "checkpoints" / "latest").resolve())
-    assert meta["distillation"] == {"method": "consistency", "teacher_steps": 10, "loss": "pseudo_huber"}
+    assert meta["distillation"] == {"method": "consistency", "teacher_steps": 10, "loss": "pseudo_huber",
+                                    "target": "teacher"}
 
     t = Policy.from_checkpoint(teacher, device="cpu")
     s = Policy.from_checkpoint(student_dir, device="cpu")

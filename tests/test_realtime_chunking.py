@@ -95,6 +95,7 @@ def test_training_levels_put_a_random_prefix_at_level_zero_outside_the_loss():
     assert t.shape == mask.shape == (512, 16)
     assert torch.all(t[~mask] == 0) and torch.all(t[mask] > 0)
     assert set(delays.tolist()) == set(range(6))                 # 0..prefix_delay_max, all drawn
+    assert 0.4 < float((delays == 0).float().mean()) < 0.6        # no prefix for half the samples
     assert torch.all(mask[:, 5:])                                  # never beyond the maximum
     assert make_policy().training_levels(torch.zeros(4, 16, 3)) == (None, None)
 
