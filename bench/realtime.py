@@ -110,7 +110,7 @@ def delay_rows(policies: dict, args) -> list[dict]:
             seams = executor.seams.as_dict()
             row = {"delay": delay, "strategy": strategy, "success": result.mean_success,
                    "per_task": {t.task: t.success_rate for t in result.tasks}, **seams,
-                   "schedule": executor.scheduler.stats.as_dict()}
+                   "schedule": executor.schedule_stats.as_dict()}
             rows.append(row)
             print(f"{delay:>5} {strategy:<12} {row['success']:>8.3f} {seams['seam_jump']:>9.4f} "
                   f"{seams['within_jump']:>9.4f} {seams['ratio']:>6.2f}", flush=True)

@@ -40,6 +40,9 @@ class ScheduleStats:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def __add__(self, other: "ScheduleStats") -> "ScheduleStats":
+        return ScheduleStats(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
+
 
 @dataclass
 class _Chunk:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..policies.control import ChunkExecutor
-from .scheduler import ChunkScheduler
+from .scheduler import ChunkScheduler, ScheduleStats
 
 RTC_MODES = (None, "inpaint", "train")
 
@@ -58,10 +58,17 @@ class DelayedChunkExecutor(ChunkExecutor):
         self.use_prefix = rtc is not None
         self.scheduler = ChunkScheduler(blending, ensemble_m)
         self.seams = SeamStats()
+        self._finished = ScheduleStats()        # schedules of episodes before the current ones
         self.reset()
+
+    @property
+    def schedule_stats(self) -> ScheduleStats:
+        """Chunks, drops, blends and starved steps over every episode since construction."""
+        return self._finished + self.scheduler.stats
 
     def reset(self, goal=None) -> None:
         super().reset(goal)
+        self._finished = self._finished + self.scheduler.stats
         self.scheduler.reset()
         self.step = 0
         self._next_request = 0

@@ -189,7 +189,7 @@ def run_eval(cfg: DictConfig):
     summary = result.as_dict()
     summary["realtime"] = {"warm_start": warm_start, "delay": delay, "blending": str(cfg.blending), "rtc": cfg.rtc}
     if executor is not None:
-        summary["realtime"].update(schedule=executor.scheduler.stats.as_dict(), smoothness=executor.seams.as_dict())
+        summary["realtime"].update(schedule=executor.schedule_stats.as_dict(), smoothness=executor.seams.as_dict())
     summary["checkpoint"] = str(Path(cfg.checkpoint).resolve())
     summary["sampler_steps"] = steps or policy.spec.inference_steps
     summary["backend"] = backend if backend == "torch" else f"onnx ({policy.variant}, {policy.export_dir})"
@@ -197,7 +197,7 @@ def run_eval(cfg: DictConfig):
     plot_success(result, out / "success.png", title=f"{Path(cfg.checkpoint).name}: success over {cfg.episodes} episodes/task")
     print(result.table())
     if executor is not None:
-        seams, sched = executor.seams.as_dict(), executor.scheduler.stats
+        seams, sched = executor.seams.as_dict(), executor.schedule_stats
         print(f"delay {delay} steps, {cfg.blending} blending, rtc {cfg.rtc}: seam |da| {seams['seam_jump']:.4f} vs "
               f"within {seams['within_jump']:.4f} (ratio {seams['ratio']:.2f}); {sched.dropped} actions dropped, "
               f"{sched.blended} steps blended, {sched.starved} starved")

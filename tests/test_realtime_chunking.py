@@ -169,5 +169,7 @@ def test_delayed_executor_drops_the_delay_and_keeps_to_the_plan_with_rtc(delay):
         if rtc == "train" and delay:
             for t, plan in planned.items():       # executed during the delay = the old plan (by construction)
                 assert np.allclose(np.stack(executed[t:t + delay], 1), plan)
+        ex.reset(policy.goal_inputs("a", 2))                 # a new episode: totals keep the last one's
+        assert ex.schedule_stats == stats and ex.scheduler.stats.chunks == 0
     with pytest.raises(ValueError, match="delay=9"):
         DelayedChunkExecutor(policy, delay=9)
