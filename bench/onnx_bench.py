@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300, help="timed chunk predictions per backend and step count")
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--block", type=int, default=1,
+                        help="calls of one backend in a row before the next (1: alternate every call)")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 10])
     parser.add_argument("--episodes", type=int, default=0, help="per task; 0: latency only")
     parser.add_argument("--tasks", nargs="+", default=None, help="default: the checkpoint's tasks")
@@ -71,14 +73,15 @@ def main() -> None:
 
     rows = []
     for steps in args.steps:
-        times = measure_interleaved(runtimes, args.calls, steps, warmup=args.warmup)
+        times = measure_interleaved(runtimes, args.calls, steps, warmup=args.warmup, block=args.block)
         for name in BACKENDS:
             t = times[name]
             rows.append({"backend": name, "steps": steps, "p50_ms": float(np.percentile(t, 50)),
                          "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "calls": len(t)})
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"chunk latency, batch 1, {args.threads} threads, {spec.denoiser['name']} / {spec.process['name']}, "
-          f"{n_params / 1e6:.2f} M params, H={spec.horizon}, {args.calls} calls each, backends in turn")
+          f"{n_params / 1e6:.2f} M params, H={spec.horizon}, {args.calls} calls each, backends in turn "
+          f"({args.block} call(s) at a time)")
     print(f"{'backend':<10} {'steps':>5} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'vs torch':>9}")
     for r in rows:
         base = next(x for x in rows if x["backend"] == "torch" and x["steps"] == r["steps"])

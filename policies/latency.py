@@ -49,16 +49,20 @@ def measure_chunk_latency(policy, calls: int, steps: int | None = None, threads:
 
 
 def measure_interleaved(policies: dict[str, object], calls: int, steps: int | None = None, warmup: int = 20,
-                        batch_size: int = 1) -> dict[str, np.ndarray]:
+                        batch_size: int = 1, block: int = 1) -> dict[str, np.ndarray]:
     """Milliseconds of ``calls`` chunk predictions of each policy (name -> policy: a torch
     policy or any with the same interface, e.g. OnnxPolicy), taken in turn: each repetition
     runs every policy once, in an order rotated per repetition, so that load from other
     processes and the CPU's clock changes fall on all of them alike. ``warmup`` untimed
-    calls of each first. Threads are the caller's to set (torch and each runtime's own)."""
+    calls of each first. Threads are the caller's to set (torch and each runtime's own).
+    ``block`` > 1 times that many calls of one policy in a row before the next one's, as a
+    robot running one backend would (caches and runtime threads stay its own), still taking
+    the backends in turn so machine load falls on all alike."""
     executors = {name: ready_executor(policy, batch_size, steps, warmup)[0] for name, policy in policies.items()}
     order = list(executors)
-    for rep in range(calls):
+    for rep in range(max(1, calls // block)):
         shift = rep % len(order)
         for name in order[shift:] + order[:shift]:
-            executors[name].predict()
+            for _ in range(block):
+                executors[name].predict()
     return {name: np.asarray(executor.latencies_ms) for name, executor in executors.items()}
