@@ -165,7 +165,10 @@ class Runtime:
             self.stopped_by = "safety: " + ", ".join(decision.reasons)
             self.robot.stop()
             return False
-        self.counts["safety_holds" if decision.kind == "hold" else "safety_clamps"] += decision.kind in ("hold", "clamped")
+        if decision.kind == "hold":
+            self.counts["safety_holds"] += 1
+        elif decision.kind == "clamped":
+            self.counts["safety_clamps"] += 1
         self.robot.send(decision.command)
         return True
 
@@ -173,7 +176,6 @@ class Runtime:
         """Run ``steps`` control ticks (or until ``should_stop()`` or a safety stop); the report."""
         worker = threading.Thread(target=self._infer_forever, name="ditpolicy-inference", daemon=True)
         worker.start()
-        next_request = 0
         try:
             while not self._observe():                        # the first chunk needs one good observation
                 self.clock.sleep_until(self.clock.now() + self.period)

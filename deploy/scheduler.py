@@ -96,10 +96,6 @@ class ChunkScheduler:
         """Chunks holding an action for ``step``, oldest first."""
         return [c for c in self._chunks if c.start <= step < c.end]
 
-    def remaining(self, step: int) -> int:
-        """Steps from ``step`` on that the newest chunk still covers."""
-        return max(0, self._chunks[-1].end - step) if self._chunks else 0
-
     def _blend(self, chunks: list[_Chunk], step: int) -> np.ndarray:
         if self.blending == "naive" or len(chunks) == 1:
             return chunks[-1].actions[:, step - chunks[-1].start]

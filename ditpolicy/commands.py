@@ -93,7 +93,7 @@ def distill(cfg: DictConfig) -> int:
     meta = {"distilled_from": str(teacher_dir.resolve()), "distillation": {"method": "consistency",
                                                                   "teacher_steps": teacher_steps, "loss": str(cfg.loss),
                                                                   "target": str(cfg.target)}}
-    checkpoint = Trainer(train_cfg, objective=objective, init_from=teacher_dir, meta=meta).run()
+    checkpoint = Trainer(train_cfg, objective=objective, init_from=teacher, meta=meta).run()
     print(f"checkpoint: {checkpoint.resolve()}")
     return 0
 

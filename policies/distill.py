@@ -34,12 +34,12 @@ import torch.utils._pytree as pytree
 from .denoiser import prediction_of
 
 LOSSES = ("pseudo_huber", "mse")
+TARGETS = ("teacher", "bootstrap")
 
 
 def _take(tree, rows: torch.Tensor):
     """The rows of every tensor of a prepared condition (a pytree of (B, ...) tensors)."""
     return pytree.tree_map(lambda v: v[rows] if torch.is_tensor(v) else v, tree)
-TARGETS = ("teacher", "bootstrap")
 
 
 class ConsistencyDistillation:

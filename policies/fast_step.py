@@ -80,14 +80,15 @@ class FastStep:
         self.mode = mode
         self._graphs: dict[tuple, object] = {}
 
-    def _build(self, x, t, leaves, spec):
-        step = _FlatStep(self.denoiser, spec).eval()
+    def _graph(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+        """``module`` as a frozen TorchScript graph or a torch.compile'd one, for these inputs."""
+        module = module.eval()
         if self.mode == "compile":
-            options = {"mode": "reduce-overhead"} if x.is_cuda else {}
-            return torch.compile(step, dynamic=False, **options)
+            options = {"mode": "reduce-overhead"} if inputs[0].is_cuda else {}
+            return torch.compile(module, dynamic=False, **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(step, (x, t, *leaves), check_trace=False, strict=False)
+            traced = torch.jit.trace(module, inputs, check_trace=False, strict=False)
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
     def prepare(self, policy, batch: dict[str, torch.Tensor]):
@@ -100,16 +101,8 @@ class FastStep:
         key = ("prepare", keys, *((tuple(v.shape), v.dtype, v.device) for v in inputs))
         entry = self._graphs.get(key)
         if entry is None:
-            module = _Condition(policy, keys).eval()
-            _, spec = pytree.tree_flatten((policy.denoiser.prepare(policy.condition(batch)),))
-            leaves = module(*inputs)
-            if self.mode == "compile":
-                graph = torch.compile(module, dynamic=False)
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    traced = torch.jit.trace(module, inputs, check_trace=False, strict=False)
-                    graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            leaves, spec = pytree.tree_flatten((policy.denoiser.prepare(policy.condition(batch)),))
+            graph = self._graph(_Condition(policy, keys), inputs)
             entry = self._graphs[key] = (graph, spec, (str(spec), *(tuple(v.shape) for v in leaves)))
         graph, spec, step_key = entry
         return FlatPrepared(tuple(graph(*inputs)), spec, step_key)
@@ -127,7 +120,7 @@ class FastStep:
             return eager
         if isinstance(prepared, FlatPrepared):
             leaves, spec, chunk_key = list(prepared.leaves), prepared.spec, prepared.key
-            prepared = None
+            prepared = prepared.tree()              # once per chunk, for families with step inputs
         else:
             leaves, spec = pytree.tree_flatten((prepared,))
             chunk_key = (str(spec), *(tuple(v.shape) for v in leaves))
@@ -136,12 +129,11 @@ class FastStep:
             extra = denoiser.step_inputs(t)
             args, args_spec, key = leaves, spec, chunk_key
             if extra is not None:
-                tree = prepared if prepared is not None else pytree.tree_unflatten(leaves, spec)[0]   # (prepared,)
-                args, args_spec = pytree.tree_flatten((tree, extra))
+                args, args_spec = pytree.tree_flatten((prepared, extra))
                 key = (str(args_spec), *(tuple(v.shape) for v in args))
             key = (tuple(x.shape), tuple(t.shape), x.device, x.dtype, key)
             graph = self._graphs.get(key)
             if graph is None:
-                graph = self._graphs[key] = self._build(x, t, args, args_spec)
+                graph = self._graphs[key] = self._graph(_FlatStep(denoiser, args_spec), (x, t, *args))
             return graph(x, t, *args)
         return step

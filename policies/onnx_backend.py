@@ -30,7 +30,6 @@ from .goals import GOAL_INPUTS
 from .onnx_export import FILES
 from .policy import DiffusionPolicy
 from .processes import make_process
-from .processes.base import start_levels
 from .spec import PolicySpec
 
 VARIANTS = ("fp32", "int8")
@@ -129,34 +128,25 @@ class OnnxPolicy:
                                                                         for h, o in zip(heads, outs[1:])}}
         return fn
 
-    @torch.inference_mode()
-    def predict_action_chunks(self, batch: dict[str, torch.Tensor], steps: int | None = None,
-                              generator: torch.Generator | None = None, init: torch.Tensor | None = None,
-                              t_start: float | torch.Tensor = 1.0, return_heads: bool = False,
-                              prefix: torch.Tensor | None = None, delay: int = 0, rtc: str = "inpaint",
-                              decay: str = "exp"):
-        """DiffusionPolicy.predict_action_chunks on ONNX Runtime: observation histories
-        (B, n_obs, ...) and goal inputs -> unnormalised actions (B, H, A), torch on the CPU.
+    @property
+    def fast_step(self) -> "OnnxPolicy":
+        """What DiffusionPolicy.predict_action_chunks calls ``prepare`` and ``bind`` on."""
+        return self
 
-        The initial noise is drawn with torch (``generator``), so a seeded call starts where
-        the torch policy's does; ``init`` and ``t_start`` (a number or (B,) levels) warm-start.
-        Real-time chunking by inpainting (``prefix``, ``delay``) works as on torch; the
+    def prepare(self, policy, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        """The per-chunk condition of a batch: ``encode`` after the batch size is checked."""
+        self._check_batch(batch[self.spec.obs_keys[0]].shape[0])
+        return self.encode(batch)
+
+    def predict_action_chunks(self, batch: dict[str, torch.Tensor], *args, rtc: str = "inpaint", **kwargs):
+        """DiffusionPolicy.predict_action_chunks, run on the two graphs: the same arguments,
+        the same sampler, the initial noise drawn with torch (a seeded call starts where the
+        torch policy's does). Real-time chunking by inpainting works as on torch; the
         clean-prefix variant (``rtc="train"``) needs per-token levels, a torch-only input."""
-        if prefix is not None and delay > 0 and rtc == "train":
+        if rtc == "train" and kwargs.get("prefix") is not None and kwargs.get("delay", 0) > 0:
             raise ValueError("rtc='train' feeds per-token noise levels, which the exported step graph "
                              "(t of shape (B,)) does not take: use the torch backend, or rtc='inpaint'")
-        b = batch[self.spec.obs_keys[0]].shape[0]
-        self._check_batch(b)
-        fn = self.bind(self.encode(batch))
-        x = torch.randn((b, self.spec.horizon, self.spec.action_dim), generator=generator)
-        if init is not None:
-            x0 = self.normalizer.normalize(self.spec.action_key, init.cpu().float())
-            x = self.process.add_noise(x0, start_levels(t_start, x0), x)
-        if prefix is not None and prefix.shape[1] > 0:
-            x, t_start, fn = self._with_prefix(x, t_start, fn, prefix, delay, rtc, decay)
-        actions, heads = self.process.sample(fn, x, t_start, steps or self.spec.inference_steps)
-        actions = self.normalizer.unnormalize(self.spec.action_key, actions)
-        return (actions, heads) if return_heads else actions
+        return DiffusionPolicy.predict_action_chunks(self, batch, *args, rtc=rtc, **kwargs)
 
     def write_diagnostics(self, directory) -> list:
         """No routing records or plots: the graphs keep none."""

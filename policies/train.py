@@ -85,10 +85,10 @@ class Trainer:
     """One training loop for every objective.
 
     ``objective(policy, batch) -> (loss, logs)`` is the policy's own loss by default; a second
-    stage (distill.py) passes its own. ``init_from``: a checkpoint whose EMA weights start
-    the run (ignored when resuming). ``meta``: extra entries for every checkpoint's meta.json."""
+    stage (distill.py) passes its own. ``init_from``: a checkpoint (or a policy loaded from
+    one) whose EMA weights start the run (ignored when resuming). ``meta``: extra entries for every checkpoint's meta.json."""
 
-    def __init__(self, cfg: DictConfig, objective=None, init_from: str | Path | None = None,
+    def __init__(self, cfg: DictConfig, objective=None, init_from: str | Path | DiffusionPolicy | None = None,
                  meta: dict | None = None):
         check_train_settings(cfg)
         self.cfg = cfg
@@ -135,15 +135,18 @@ class Trainer:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float16
 
-    def _init_weights(self, path: str | Path) -> None:
+    def _init_weights(self, source: str | Path | DiffusionPolicy) -> None:
+        """Start from a checkpoint's EMA weights, or from an already loaded policy's."""
         from .checkpoint import load_policy
 
-        source = load_policy(path, "cpu", use_ema=True)
+        where = "the policy to start from" if isinstance(source, DiffusionPolicy) else f"checkpoint {source}"
+        if not isinstance(source, DiffusionPolicy):
+            source = load_policy(source, "cpu", use_ema=True)
         try:
             check_state(self.policy.state_dict(), source.state_dict(), "ema.safetensors")
         except ValueError as exc:
-            raise CheckpointError(path, f"cannot start from it: {exc}") from None
-        self.policy.load_state_dict(source.state_dict())
+            raise ValueError(f"{where}: cannot start from it: {exc}") from None
+        self.policy.load_state_dict(source.state_dict())     # copies: the source stays untouched
 
     def _resume(self) -> None:
         latest = self.ckpt_dir / LATEST
