@@ -13,7 +13,8 @@ Two threads share a chunk schedule (scheduler.py):
   dropped, and counted.
 
 The inference delay used for real-time chunking is estimated from the measured latencies
-(the slowest of the last few chunks, in control periods). Everything that bends the plan is
+(the slowest of the last few chunks, in control periods). ``synchronous`` predicts in the tick
+that asks, on the control thread (inference in the loop, as a latency benchmark needs). Everything that bends the plan is
 counted: late requests (inference still busy), dropped and blended actions, starved steps
 (no chunk: the last action held), safety holds and clamps, rejected observations, deadline
 misses (a tick that started more than half a period late). ``report()`` gives latency p50 /
@@ -25,6 +26,7 @@ A robot is any object with ``read() -> (obs: dict[str, np.ndarray], stamp_s: flo
 
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -59,6 +61,7 @@ class RuntimeSettings:
     steps: int | None = None           # sampler steps (None: the checkpoint's)
     n_action_steps: int | None = None  # steps between chunk requests (None: the checkpoint's)
     latency_window: int = 5            # chunks whose slowest latency sets the delay estimate
+    synchronous: bool = False          # predict in the tick that asks, on the control thread (no overlap)
 
     def check(self) -> None:
         if not (math.isfinite(self.rate_hz) and self.rate_hz > 0):
@@ -126,9 +129,11 @@ class Runtime:
             return False
         s = self.settings
         prefix = self.scheduler.planned(step, self.policy.spec.horizon) if (s.rtc or s.warm_start) else None
-        delay = self.delay_estimate() if s.rtc else 0
+        if s.synchronous:                 # in this tick, on this thread: no hand-over
+            self.scheduler.add(self.executor.predict(prefix, 0), step, step)
+            return True
         self._busy.set()
-        self._requests.put(_Request(step, self.executor.history(), prefix, delay))
+        self._requests.put(_Request(step, self.executor.history(), prefix, self.delay_estimate() if s.rtc else 0))
         return True
 
     def _collect(self, step: int, block: bool) -> None:
@@ -172,20 +177,25 @@ class Runtime:
         self.robot.send(decision.command)
         return True
 
-    def run(self, steps: int, should_stop=None) -> dict:
-        """Run ``steps`` control ticks (or until ``should_stop()`` or a safety stop); the report."""
+    def run(self, steps: int | None, should_stop=None) -> dict:
+        """Run ``steps`` control ticks (None: until stopped), or until ``should_stop()`` or a
+        safety stop; the report."""
+        should_stop = should_stop or (lambda: False)
         worker = threading.Thread(target=self._infer_forever, name="ditpolicy-inference", daemon=True)
         worker.start()
         try:
             while not self._observe():                        # the first chunk needs one good observation
+                if should_stop():
+                    self.stopped_by = "should_stop"
+                    return self.report()
                 self.clock.sleep_until(self.clock.now() + self.period)
             self.executor.predict()                           # builds the graphs: warm-up, timed apart
             self._observe()
             self._post(0)
-            self._collect(0, block=True)                      # the robot waits for its first chunk
+            self._collect(0, block=not self.settings.synchronous)   # the robot waits for its first chunk
             start = self.clock.now()
             next_request = self.executor.n_action_steps
-            for step in range(steps):
+            for step in (range(steps) if steps is not None else itertools.count()):
                 deadline = start + step * self.period
                 self.clock.sleep_until(deadline)
                 now = self.clock.now()
@@ -199,7 +209,7 @@ class Runtime:
                     next_request = step + self.executor.n_action_steps
                 if not self._send(self.scheduler.action(step)[0], now):
                     break
-                if should_stop is not None and should_stop():
+                if should_stop():
                     self.stopped_by = "should_stop"
                     break
         finally:
@@ -207,14 +217,17 @@ class Runtime:
             worker.join(timeout=5.0)
         return self.report()
 
-    def report(self) -> dict:
-        lat = np.asarray(self.executor.latencies_ms or [0.0])
-        ticks = np.asarray(self.tick_times)
+    def report(self, window: int | None = None) -> dict:
+        """Counts since the start; rate, latency and jitter over the last ``window`` ticks
+        (None: all), so that a long-running node reports what it does now."""
+        n_lat = None if window is None else max(1, window // self.executor.n_action_steps)
+        lat = np.asarray(self.executor.latencies_ms[-n_lat if n_lat else 0:] or [0.0])
+        ticks = np.asarray(self.tick_times[-window if window else 0:])
         periods = np.diff(ticks) if len(ticks) > 1 else np.zeros(1)
         jitter_ms = np.abs(periods - self.period) * 1e3
         rate = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 1 and ticks[-1] > ticks[0] else 0.0
         return {
-            "ticks": len(ticks), "rate_hz": float(rate), "target_rate_hz": self.settings.rate_hz,
+            "ticks": len(self.tick_times), "rate_hz": float(rate), "target_rate_hz": self.settings.rate_hz,
             "inference_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                              "calls": len(self.executor.latencies_ms), "warmup": list(self.executor.warmup_ms)},
             "period_jitter_ms": {"p50": float(np.percentile(jitter_ms, 50)), "p99": float(np.percentile(jitter_ms, 99))},

@@ -48,6 +48,10 @@ class SafetyLimits:
     workspace_low, workspace_high: (3,) box the caller's end-effector position must lie in.
     hold_after_s: an observation older than this holds the last safe command.
     stop_after_s: an observation older than this stops and latches the e-stop.
+    hold_command: (A,) what a hold sends, for robots whose commands are velocities or
+    displacements (re-sending the last one would keep moving); a NaN entry keeps that dim's
+    last safe command (e.g. ``[0, 0, 0, nan]``: stop the hand, keep the gripper's grip).
+    None: re-send the last safe command (position interfaces).
     """
 
     position_low: np.ndarray | None = None
@@ -58,6 +62,7 @@ class SafetyLimits:
     workspace_high: np.ndarray | None = None
     hold_after_s: float = 0.2
     stop_after_s: float = 1.0
+    hold_command: np.ndarray | None = None
 
     def __post_init__(self):
         # Validate on construction, not only in from_dict: limits built in code are just as
@@ -76,8 +81,18 @@ class SafetyLimits:
                 raise ValueError(f"safety limit {high}: length {hi.size} differs from {low} ({lo.size})")
             if lo is not None and np.any(lo > hi):
                 raise ValueError(f"safety limit {low}: {lo.tolist()} exceeds {high} {hi.tolist()}")
+        if self.hold_command is not None:
+            try:
+                hold = np.array([math.nan if v is None else v for v in np.ravel(np.asarray(self.hold_command, dtype=object))],
+                                dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"safety limit hold_command: expected numbers or null, got {self.hold_command!r}") from None
+            if hold.size == 0 or np.isinf(hold).any():
+                raise ValueError(f"safety limit hold_command: expected finite numbers or null per dim, got {hold.tolist()}")
+            hold.setflags(write=False)
+            object.__setattr__(self, "hold_command", hold)
         n = self.action_dim
-        for name in ("max_velocity", "max_delta"):
+        for name in ("max_velocity", "max_delta", "hold_command"):
             v = getattr(self, name)
             if v is not None and v.ndim == 1 and n is not None and v.size != n:
                 raise ValueError(f"safety limit {name}: length {v.size} differs from the other per-dim limits ({n})")
@@ -94,7 +109,7 @@ class SafetyLimits:
     @property
     def action_dim(self) -> int | None:
         """A as fixed by the per-dim limits, or None when every limit is scalar or unset."""
-        for name in ("position_low", "max_velocity", "max_delta"):
+        for name in ("position_low", "max_velocity", "max_delta", "hold_command"):
             v = getattr(self, name)
             if v is not None and v.ndim == 1:
                 return v.size
@@ -258,6 +273,15 @@ class SafetyFilter:
         self._last = last
         self._latch_reason = None
 
+    def held_command(self) -> np.ndarray | None:
+        """What a hold sends: the last safe command, with the limits' hold_command over it."""
+        hold = self.limits.hold_command
+        if hold is None:
+            return self._last
+        if self._last is None:
+            return None if np.isnan(hold).any() else clamp_position(hold, self.limits)[0]
+        return clamp_position(np.where(np.isnan(hold), self._last, hold), self.limits)[0]
+
     def _decide(self, kind: str, command, reasons: tuple[str, ...]) -> Decision:
         for rule in reasons:
             self.counts[rule] += 1
@@ -287,7 +311,7 @@ class SafetyFilter:
             self.trigger_estop("stale_stop")
             return self._decide("stop", None, ("stale_stop",))
         if state == "hold":
-            return self._decide("hold", self._last, ("stale_hold",))
+            return self._decide("hold", self.held_command(), ("stale_hold",))
 
         # Both rejections are checked so that each is counted when both fire.
         rejected = []
@@ -296,7 +320,7 @@ class SafetyFilter:
         if ee_position is not None and not inside_workspace(ee_position, self.limits):
             rejected.append("workspace")
         if rejected:
-            return self._decide("hold", self._last, tuple(rejected))
+            return self._decide("hold", self.held_command(), tuple(rejected))
 
         # Clamp first, then limit the step from the last safe command (itself inside the
         # position limits): the result lies between the two, so both limits hold at once.

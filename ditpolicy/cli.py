@@ -24,8 +24,12 @@ VERBS: dict[str, tuple[str, str]] = {
     "distill": ("consistency-distil a checkpoint into a 1-2 step sampler (second training stage)",
                 "ditpolicy.commands:distill"),
     "eval": ("evaluate a checkpoint in simulation (success, latency, videos, plot)", "ditpolicy.commands:eval"),
-    "deploy": ("run a checkpoint through the real-time runtime and safety layer on a (simulated) robot",
+    "deploy": ("run a checkpoint as a ROS 2 node (robot=ros) or on an in-process simulated arm (robot=metaworld)",
                "ditpolicy.commands:deploy"),
+    "sim-robot": ("a simulated Meta-World arm on ROS 2 topics (optionally driven by the scripted expert)",
+                  "ditpolicy.ros_commands:sim_robot"),
+    "record": ("record demonstrations from ROS 2 topics into a zarr store", "ditpolicy.ros_commands:record"),
+    "convert": ("convert recordings into a zarr store: convert rosbag <bag> <store>", "ditpolicy.ros_commands:convert"),
     "export": ("write a checkpoint's policy as ONNX graphs (optionally int8) for ONNX Runtime",
                "ditpolicy.commands:export"),
     "demo": ("the main job on its defaults, end to end", "ditpolicy.commands:demo"),
@@ -43,9 +47,15 @@ def usage() -> str:
 
 
 def _positional_to_overrides(verb: str, args: list[str]) -> list[str]:
-    """``info path`` and ``verify path`` are sugar for ``store=path``."""
+    """``info path`` and ``verify path`` are sugar for ``store=path``; ``convert rosbag <bag> <store>``
+    for ``format=rosbag input=<bag> out=<store>``."""
     if verb in ("info", "verify") and args and "=" not in args[0] and not args[0].startswith("-"):
         return [f"store={args[0]}"] + args[1:]
+    if verb == "convert":
+        positional = []
+        while args and len(positional) < 3 and "=" not in args[0] and not args[0].startswith("-"):
+            positional.append(args.pop(0))
+        return [f"{k}={v}" for k, v in zip(("format", "input", "out"), positional)] + args
     return args
 
 

@@ -99,21 +99,25 @@ def distill(cfg: DictConfig) -> int:
 
 
 def deploy(cfg: DictConfig) -> int:
+    """robot=ros: the ROS 2 node (ros_commands.py); robot=metaworld: a simulated arm in this process."""
     from .deploy.runtime import Runtime, RuntimeSettings
     from .deploy.safety import SafetyFilter, SafetyLimits
     from .policies import Policy
 
-    if cfg.robot != "metaworld":
-        raise ValueError(f"robot={cfg.robot!r}: this build drives robot=metaworld (a simulated arm)")
-    from .envs.metaworld_robot import MetaWorldRobot
-
-    episodes, max_steps, seed = positive_int(cfg, "episodes"), positive_int(cfg, "max_steps"), integer(cfg, "seed")
+    robot = choice(cfg, "robot", ("ros", "metaworld"))
     try:
         settings = RuntimeSettings(**OmegaConf.to_container(cfg.runtime))
         settings.check()
         limits = SafetyLimits.from_dict(OmegaConf.to_container(cfg.safety))
     except (TypeError, ValueError) as exc:
         raise SettingError(f"runtime/safety settings: {exc}") from None
+    if robot == "ros":
+        from .ros_commands import deploy_ros
+
+        return deploy_ros(cfg, settings, limits)
+    from .envs.metaworld_robot import MetaWorldRobot
+
+    episodes, max_steps, seed = positive_int(cfg, "episodes"), positive_int(cfg, "max_steps"), integer(cfg, "seed")
     policy = Policy.from_checkpoint(cfg.checkpoint, device=cfg.device)
     task = cfg.task or policy.spec.tasks[0]
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "deploy"

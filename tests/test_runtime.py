@@ -103,6 +103,14 @@ def test_chunks_arrive_one_tick_late_and_every_action_is_accounted_for(rtc):
     assert all(np.isfinite(c).all() for c in robot.sent)
 
 
+def test_synchronous_ticks_use_each_chunk_in_the_tick_that_asked():
+    report, robot, runtime = run(RuntimeSettings(rate_hz=20, rtc="inpaint", n_action_steps=1, synchronous=True),
+                                 steps=12)
+    assert report["schedule"]["chunks"] == 12 and report["schedule"]["dropped"] == 0
+    assert report["inference_ms"]["calls"] == 12 and report["late_requests"] == 0
+    assert report["delay_estimate_steps"] >= 0 and len(robot.sent) == 12
+
+
 def test_deadline_misses_and_jitter_are_measured():
     period = 0.05
     # tick k's sleep is the clock's k-th: tick 7 starts 0.7 periods late, tick 20 0.3 periods late

@@ -207,6 +207,9 @@ def test_from_dict_builds_readonly_arrays():
     ({"stop_after_s": math.inf}, "stop_after_s"),
     ({"stop_after_s": "1s"}, "stop_after_s"),
     ({"max_delt": 0.1}, "max_delt"),                                              # misspelt key
+    ({"position_low": [0, 0], "position_high": [1, 1], "hold_command": [0, 0, 0]}, "hold_command"),
+    ({"hold_command": [0, math.inf]}, "hold_command"),
+    ({"hold_command": ["stop"]}, "hold_command"),
 ])
 def test_from_dict_errors_name_the_field(d, field):
     with pytest.raises(ValueError, match=field):
@@ -346,6 +349,23 @@ def test_hold_repeats_the_last_safe_command_and_stop_without_one_does_not_latch(
     assert (d.kind, d.reasons) == ("clamped", ("position", "step")) and d.command.tolist() == [0.7, 0.0]
     d = filt.filter([0.0, 0.0], now=0.5, observation_time=0.0)
     assert (d.kind, d.reasons) == ("hold", ("stale_hold",)) and d.command.tolist() == [0.7, 0.0]
+
+
+def test_hold_command_stops_motion_and_keeps_the_null_dims():
+    """Displacement robots: a hold sends the hold command (hand still), keeping the gripper's last command."""
+    limits = SafetyLimits.from_dict({"position_low": [-1] * 3, "position_high": [1] * 3,
+                                     "hold_command": [0.0, 0.0, None]})
+    assert np.isnan(limits.hold_command[2]) and not limits.hold_command.flags.writeable
+    filt = SafetyFilter(limits, 3)
+    d = filt.filter([0.0, math.nan, 0.0], now=0.0, observation_time=0.0)
+    assert d.kind == "stop" and not filt.latched            # nothing known yet for the null dim
+    filt.filter([0.5, -0.5, 0.8], now=0.0, observation_time=0.0)
+    for cmd, now in (([math.nan, 0, 0], 0.0), ([0.5, -0.5, 0.8], 0.5)):   # non-finite, stale
+        d = filt.filter(cmd, now=now, observation_time=0.0)
+        assert d.kind == "hold" and d.command.tolist() == [0.0, 0.0, 0.8]
+    assert filt.last_command.tolist() == [0.5, -0.5, 0.8]   # a hold is not a new safe command
+    still = SafetyFilter(SafetyLimits(hold_command=[0.0, 0.0]), 2)
+    assert still.filter([math.nan, 0.0], now=0.0, observation_time=0.0).command.tolist() == [0.0, 0.0]
 
 
 def test_initial_command_seeds_the_step_limit():
