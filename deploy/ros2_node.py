@@ -207,6 +207,8 @@ class PolicyNode:
             self.buffer.put_joint_state(msg)
         except MessageRejected as exc:
             self._reject(self.settings.joint_states_topic, exc)
+            return
+        time.sleep(0)   # yield the interpreter: a control thread waiting on this state runs now
 
     def _on_image(self, key: str, msg) -> None:
         shape = self.policy.spec.obs_shapes[key]
