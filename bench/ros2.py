@@ -41,27 +41,22 @@ COMMANDS = "/forward_command_controller/commands"
 
 def robot(calls: int, rate: float, out: str, seed: int) -> None:
     """The robot side: publish a state, wait for its command, at ``rate``; round trips (ms) to ``out``."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
 
     from ditpolicy.deploy.ros2_node import COMMAND_QOS, SENSOR_QOS
     from ditpolicy.deploy.ros_messages import PRESETS
+    from ditpolicy.deploy.ros_node_base import OwnedNode
 
-    rclpy.init()
-    node = Node("bench_robot")
+    bench_robot = OwnedNode("bench_robot")
+    node = bench_robot.node
     names = list(PRESETS[NAMES_PRESET].observation["state"])
     got = threading.Event()
     node.create_subscription(Float64MultiArray, COMMANDS, lambda msg: got.set(), COMMAND_QOS)
     pub = node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
     rng = np.random.default_rng(seed)
     round_trips, lost = [], 0
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    bench_robot.spin_in_background("bench-robot")
 
     def state() -> JointState:
         return JointState(name=names, position=[float(v) for v in np.clip(rng.normal(size=len(names)), -2, 2)])
@@ -84,10 +79,7 @@ def robot(calls: int, rate: float, out: str, seed: int) -> None:
         next_t = max(next_t + 1.0 / rate, time.monotonic())
         time.sleep(max(0.0, next_t - time.monotonic()))
     Path(out).write_text(json.dumps({"round_trip_ms": round_trips, "lost": lost}))
-    executor.shutdown(timeout_sec=2.0)
-    spinner.join(timeout=5.0)
-    node.destroy_node()
-    rclpy.shutdown()
+    bench_robot.close()
 
 
 def run_robot(name: str, calls: int, rate: float, tmp: Path) -> dict:
@@ -103,29 +95,20 @@ def percentiles(values) -> dict:
 
 def measure_echo(calls: int, rate: float, warmup: int, tmp: Path) -> dict:
     """A bare rclpy node answering each JointState with a fixed command from its callback."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
 
     from ditpolicy.deploy.ros2_node import COMMAND_QOS, SENSOR_QOS
+    from ditpolicy.deploy.ros_node_base import OwnedNode
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = Node("bench_echo", context=context)
+    echo = OwnedNode("bench_echo")
+    node = echo.node
     pub = node.create_publisher(Float64MultiArray, COMMANDS, COMMAND_QOS)
     node.create_subscription(JointState, "/joint_states",
                              lambda msg: pub.publish(Float64MultiArray(data=[0.0] * 4)), SENSOR_QOS)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    echo.spin_in_background("bench-echo")
     data = run_robot("echo", calls + warmup, rate, tmp)
-    executor.shutdown()
-    spinner.join(timeout=5)
-    node.destroy_node()
-    rclpy.shutdown(context=context)
+    echo.close()
     rt = np.asarray(data["round_trip_ms"])[warmup:]
     return {"config": "ros-echo", "calls": int(rt.size), "lost": data["lost"], "round_trip_ms": percentiles(rt),
             "inference_ms": {"p50": 0.0, "p99": 0.0}, "node_added_ms": {"p50": 0.0, "p99": 0.0}}

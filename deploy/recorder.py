@@ -12,11 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -25,8 +21,8 @@ from trajectory_msgs.msg import JointTrajectory
 from ..datasets import EpisodeWriter, compute_stats
 from .episode_assembly import EpisodeAssembler
 from .ros2_node import EVENT_QOS, NodeSettings
-from .ros_messages import JointLayout, MessageRejected, array_command, compressed_image_array, image_array, \
-    trajectory_command
+from .ros_node_base import OwnedNode
+from .ros_messages import JointLayout, MessageRejected, command_values, image_reader
 
 
 # Sensors best-effort (as any publisher offers) but deep: a step is lost if its state is dropped
@@ -51,45 +47,31 @@ class Recorder:
         self.assembler = EpisodeAssembler(self.layout, self.image_keys, min_steps)
         self.writer = EpisodeWriter(out, overwrite=overwrite)
         self.written = 0
-        self._own_context = context is None
-        self.context = context or rclpy.Context()
-        if self._own_context:
-            rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = node = Node("ditpolicy_recorder", context=self.context)
+        self.ros = OwnedNode("ditpolicy_recorder", context)
+        node = self.ros.node
         node.create_subscription(JointState, settings.joint_states_topic,
                                  lambda m, info: self.assembler.joint_state(m, sent_at(info)), RECORD_QOS)
         image_type = CompressedImage if settings.image_transport == "compressed" else Image
         for key in self.image_keys:
             node.create_subscription(image_type, settings.image_topic(key),
                                      lambda m, info, k=key: self._on_image(k, m, sent_at(info)), RECORD_QOS)
-        if settings.interface == "commands":
-            node.create_subscription(Float64MultiArray, settings.command_topic, self._on_array, EVENT_QOS)
-        else:
-            node.create_subscription(JointTrajectory, settings.command_topic, self._on_trajectory, EVENT_QOS)
+        command_type = Float64MultiArray if settings.interface == "commands" else JointTrajectory
+        node.create_subscription(command_type, settings.command_topic, self._on_command, EVENT_QOS)
         node.create_subscription(String, settings.instruction_topic,
                                  lambda m: self.assembler.set_instruction(m.data), EVENT_QOS)
         node.create_subscription(Bool, record_topic, lambda m: self.start() if m.data else self.stop(), EVENT_QOS)
         node.create_service(Trigger, "~/start", lambda req, res: self._service(res, self.start))
         node.create_service(Trigger, "~/stop", lambda req, res: self._service(res, self.stop))
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(node)
 
     def _on_image(self, key: str, msg, stamp: float) -> None:
-        convert = compressed_image_array if self.settings.image_transport == "compressed" else image_array
         try:
-            self.assembler.image(key, convert(msg), stamp)
+            self.assembler.image(key, image_reader(self.settings.image_transport)(msg), stamp)
         except MessageRejected as exc:
             self.assembler.counts[f"rejected_{exc.reason}"] += 1
 
-    def _on_array(self, msg, info) -> None:
-        self._command(lambda: array_command(msg, len(self.layout.command)), sent_at(info))
-
-    def _on_trajectory(self, msg, info) -> None:
-        self._command(lambda: trajectory_command(msg, self.layout.command), sent_at(info))
-
-    def _command(self, read, stamp: float) -> None:
+    def _on_command(self, msg, info) -> None:
         try:
-            self.assembler.command(read(), stamp)
+            self.assembler.command(command_values(msg, self.layout), sent_at(info))
         except MessageRejected as exc:
             self.assembler.counts[f"rejected_command_{exc.reason}"] += 1
 
@@ -105,7 +87,7 @@ class Recorder:
             data, instruction = finished
             self.writer.add_episode(data, task=self.task, instruction=instruction, success=True)
             self.written += 1
-            self.node.get_logger().info(f"episode {self.written}: {len(data['action'])} steps -> {self.out}")
+            self.ros.node.get_logger().info(f"episode {self.written}: {len(data['action'])} steps -> {self.out}")
 
     def start(self) -> None:
         self._write(self.assembler.start())
@@ -115,20 +97,16 @@ class Recorder:
 
     def spin(self, should_stop=lambda: False) -> None:
         while not should_stop():
-            self.executor.spin_once(timeout_sec=0.05)
+            self.ros.executor.spin_once(timeout_sec=0.05)
 
     def close(self) -> dict:
         """Finish the open episode, write statistics, release the store; the counts."""
-        if self.node is None:
+        if self.ros.closed:
             return dict(self.assembler.counts)
         self.stop()
         store = self.writer.reader()
         if store.n_episodes and store.stats_status != "current":
             self.writer.write_stats(compute_stats(store), n_steps=store.n_steps)
         self.writer.close()
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        self.node = None
-        if self._own_context and self.context.ok():
-            rclpy.shutdown(context=self.context)
+        self.ros.close()
         return dict(self.assembler.counts)

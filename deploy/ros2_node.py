@@ -37,19 +37,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from .ros_messages import (JointLayout, MessageRejected, command_topic, compressed_image_array, image_array,
-                           image_topic, joint_state_observation, seconds_stamp)
+from .ros_node_base import OwnedNode
+from .ros_messages import (JointLayout, MessageRejected, command_topic, image_reader, image_topic,
+                           joint_state_observation, seconds_stamp)
 from .runtime import MonotonicClock, Runtime, RuntimeSettings
 from .safety import SafetyFilter, SafetyLimits
 
@@ -163,18 +160,11 @@ class PolicyNode:
         self.stop_times: list[float] = []                    # monotonic time of each stop
         self.reaction_ms: list[float] = []                   # per command: newest joint state -> published
         self._reset = threading.Event()
-        self._own_context = context is None
-        self.context = context or rclpy.Context()
-        if self._own_context:
-            rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        # no ROS parameter services (settings come from the hydra config): six fewer entities
-        # in every executor wait, so the control thread gets the interpreter sooner
-        self.node = Node(settings.node_name, context=self.context, start_parameter_services=False)
+        # no ROS parameter services: settings come from the hydra config
+        self.ros = OwnedNode(settings.node_name, context, start_parameter_services=False)
+        self.node = self.ros.node
         self._make_endpoints()
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._spin_thread = threading.Thread(target=self._spin, name="ditpolicy-ros", daemon=True)
-        self._spin_thread.start()
+        self.ros.spin_in_background("ditpolicy-ros")
 
     # ------------------------------------------------------------------ ROS endpoints
     def _make_endpoints(self) -> None:
@@ -192,12 +182,6 @@ class PolicyNode:
         node.create_service(Trigger, "~/reset", self._on_reset)
         node.create_timer(1.0 / s.diagnostics_hz, self.publish_diagnostics)
 
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001  (the context was shut down under it)
-            pass
-
     def _reject(self, source: str, exc: MessageRejected) -> None:
         self.buffer.rejected[exc.reason] += 1
         self.node.get_logger().warning(f"dropped {source}: {exc}", throttle_duration_sec=2.0)
@@ -213,8 +197,7 @@ class PolicyNode:
     def _on_image(self, key: str, msg) -> None:
         shape = self.policy.spec.obs_shapes[key]
         try:
-            convert = compressed_image_array if self.settings.image_transport == "compressed" else image_array
-            self.buffer.put_image(key, convert(msg, shape))
+            self.buffer.put_image(key, image_reader(self.settings.image_transport)(msg, shape))
         except MessageRejected as exc:
             self._reject(self.settings.image_topic(key), exc)
 
@@ -369,14 +352,7 @@ class PolicyNode:
 
     def close(self) -> None:
         """Stop spinning, destroy the node and (when it owns it) shut the ROS context down; idempotent."""
-        if self.node is None:
-            return
-        self.executor.shutdown(timeout_sec=2.0)
-        self._spin_thread.join(timeout=5.0)
-        self.node.destroy_node()
-        self.node = None
-        if self._own_context and self.context.ok():
-            rclpy.shutdown(context=self.context)
+        self.ros.close()
 
     def __enter__(self) -> "PolicyNode":
         return self

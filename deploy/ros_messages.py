@@ -198,6 +198,18 @@ def image_topic(key: str, image_topics: Mapping[str, str], transport: str = "raw
     return f"{topic}/compressed" if transport == "compressed" else topic
 
 
+def command_values(msg, layout: JointLayout) -> np.ndarray:
+    """(A,) command of either controller interface: a JointTrajectory (has ``points``) or a Float64MultiArray."""
+    if hasattr(msg, "points"):
+        return trajectory_command(msg, layout.command)
+    return array_command(msg, len(layout.command))
+
+
+def image_reader(transport: str):
+    """The converter for an image topic's messages: ``raw`` (Image) or ``compressed`` (CompressedImage)."""
+    return compressed_image_array if transport == "compressed" else image_array
+
+
 def stamp_seconds(stamp) -> float:
     """builtin_interfaces/Time -> seconds (float)."""
     return float(stamp.sec) + float(stamp.nanosec) * 1e-9

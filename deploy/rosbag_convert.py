@@ -15,8 +15,7 @@ from pathlib import Path
 from ..datasets import EpisodeWriter, compute_stats
 from ..progress import progress_bar
 from .episode_assembly import EpisodeAssembler
-from .ros_messages import (JointLayout, MessageRejected, array_command, command_topic, compressed_image_array,
-                           image_array, image_topic, trajectory_command)
+from .ros_messages import JointLayout, MessageRejected, command_topic, command_values, image_reader, image_topic
 
 
 def convert_rosbag(bag: str | Path, out: str | Path, ros: Mapping, task: str, cameras: list[str] = (),
@@ -65,12 +64,9 @@ def convert_rosbag(bag: str | Path, out: str | Path, ros: Mapping, task: str, ca
                 if topic == ros["joint_states_topic"]:
                     assembler.joint_state(msg, stamp)
                 elif topic == commands:
-                    action = array_command(msg, len(layout.command)) if ros["interface"] == "commands" \
-                        else trajectory_command(msg, layout.command)
-                    assembler.command(action, stamp)
+                    assembler.command(command_values(msg, layout), stamp)
                 elif topic in images:
-                    convert = compressed_image_array if transport == "compressed" else image_array
-                    assembler.image(images[topic], convert(msg), stamp)
+                    assembler.image(images[topic], image_reader(transport)(msg), stamp)
                 elif topic == ros["instruction_topic"]:
                     assembler.set_instruction(msg.data)
                 elif topic == record_topic:

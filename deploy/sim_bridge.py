@@ -34,18 +34,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from .ros2_node import COMMAND_QOS, EVENT_QOS, SENSOR_QOS
-from .ros_messages import (PRESETS, MessageRejected, array_command, command_topic, image_topic,
-                           joint_state_observation, trajectory_command)
+from .ros_node_base import OwnedNode
+from .ros_messages import PRESETS, MessageRejected, command_topic, command_values, image_topic, joint_state_observation
 
 LAYOUT = PRESETS["metaworld"]
 DEFAULT_TOPICS = {"controller": "forward_command_controller", "joint_states_topic": "/joint_states", "image_topics": {},
@@ -95,11 +92,9 @@ class SimRobotNode:
         self.sensors_paused = False
         self._lock = threading.Lock()
         self._after_success = 0
-        self._own_context = context is None
-        self.context = context or rclpy.Context()
-        if self._own_context:
-            rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = node = Node(node_name, context=self.context)
+        self.ros = OwnedNode(node_name, context)
+        self.context, self.executor = self.ros.context, self.ros.executor
+        self.node = node = self.ros.node
         ros = {**DEFAULT_TOPICS, **(ros or {})}
         self.state_pub = node.create_publisher(JointState, ros["joint_states_topic"], SENSOR_QOS)
         self.image_pubs = {cam: node.create_publisher(Image, image_topic(f"rgb_{cam}", ros["image_topics"]), SENSOR_QOS)
@@ -107,17 +102,13 @@ class SimRobotNode:
         self.instruction_pub = node.create_publisher(String, ros["instruction_topic"], EVENT_QOS)
         self.record_pub = node.create_publisher(Bool, ros["record_topic"], EVENT_QOS)
         self.diagnostics_pub = node.create_publisher(DiagnosticArray, ros["diagnostics_topic"], EVENT_QOS)
-        node.create_subscription(Float64MultiArray, command_topic(ros["controller"], "commands"), self._on_array,
-                                 COMMAND_QOS)
-        node.create_subscription(JointTrajectory, command_topic(ros["controller"], "joint_trajectory"),
-                                 self._on_trajectory, COMMAND_QOS)
+        for msg_type, interface in ((Float64MultiArray, "commands"), (JointTrajectory, "joint_trajectory")):
+            node.create_subscription(msg_type, command_topic(ros["controller"], interface), self._execute, COMMAND_QOS)
         node.create_subscription(Bool, f"/{node_name}/pause_sensors", self._on_pause, EVENT_QOS)
         node.create_timer(1.0 / rate_hz, self.publish_state)
         node.create_timer(1.0, self.publish_diagnostics)
         self.wait_for_recorder = wait_for_recorder
         self._obs, _ = self.env.reset(seed=seed)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(node)
 
     # ------------------------------------------------------------------ episodes
     @property
@@ -146,15 +137,9 @@ class SimRobotNode:
             self._start_episode()
 
     # ------------------------------------------------------------------ commands
-    def _on_array(self, msg) -> None:
-        self._execute(lambda: array_command(msg, 4))
-
-    def _on_trajectory(self, msg) -> None:
-        self._execute(lambda: trajectory_command(msg, LAYOUT.command))
-
-    def _execute(self, read) -> None:
+    def _execute(self, msg) -> None:
         try:
-            command = read()
+            command = command_values(msg, LAYOUT)
         except MessageRejected as exc:
             if exc.reason == "empty":
                 self.report.stops += 1
@@ -221,14 +206,10 @@ class SimRobotNode:
         Path(path).write_text(json.dumps(self.report.as_dict(), indent=2))
 
     def close(self) -> None:
-        if self.node is None:
+        if self.ros.closed:
             return
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        self.node = None
+        self.ros.close()
         self.env.close()
-        if self._own_context and self.context.ok():
-            rclpy.shutdown(context=self.context)
 
 
 class ExpertTeleop:

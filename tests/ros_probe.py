@@ -5,28 +5,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ditpolicy.deploy.ros2_node import EVENT_QOS, SENSOR_QOS
+from ditpolicy.deploy.ros_node_base import OwnedNode
 
 
 class Probe:
     def __init__(self, command_topic: str = "/forward_command_controller/commands", trajectory: bool = False):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = Node("test_probe", context=self.context)
+        self.ros = OwnedNode("test_probe")
+        self.node = self.ros.node
         self.commands: list[tuple[float, np.ndarray]] = []     # (monotonic arrival, values)
         self.diagnostics: dict[str, dict[str, str]] = {}       # status name -> latest key/values
         self.node.create_subscription(JointTrajectory if trajectory else Float64MultiArray, command_topic,
@@ -35,16 +30,7 @@ class Probe:
         self.joint_pub = self.node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
         self.estop_pub = self.node.create_publisher(Bool, "/estop", EVENT_QOS)
         self.pause_pub = self.node.create_publisher(Bool, "/sim_robot/pause_sensors", EVENT_QOS)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001  (context shut down)
-            pass
+        self.ros.spin_in_background("test-probe")
 
     def _on_command(self, msg):
         if isinstance(msg, JointTrajectory):      # an empty trajectory (a stop) reads as no values
@@ -78,10 +64,7 @@ class Probe:
         return future.result()
 
     def close(self):
-        self.executor.shutdown(timeout_sec=2.0)
-        self.thread.join(timeout=5.0)
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        self.ros.close()
 
 
 def ditpolicy_process(*args, **kwargs) -> subprocess.Popen:
