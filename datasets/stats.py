@@ -41,6 +41,14 @@ def compute_stats(store: DemoStore, seed: int = 0) -> dict[str, dict[str, np.nda
     return stats
 
 
+def refresh_stats(writer: EpisodeWriter) -> None:
+    """Save statistics through an open ``writer`` unless they already describe every committed
+    episode (or there are none): the last step of collecting or recording."""
+    store = writer.reader()
+    if store.n_episodes and store.stats_status != "current":
+        writer.write_stats(compute_stats(store), n_steps=store.n_steps)
+
+
 def write_store_stats(path: str, wait: float = 0.0) -> dict[str, dict[str, np.ndarray]]:
     """Compute the statistics of a store and save them in it; returns them.
 

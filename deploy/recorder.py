@@ -18,7 +18,8 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ..datasets import EpisodeWriter, compute_stats
+from ..datasets import EpisodeWriter
+from ..datasets.stats import refresh_stats
 from .episode_assembly import EpisodeAssembler
 from .ros2_node import EVENT_QOS, NodeSettings
 from .ros_node_base import OwnedNode
@@ -104,9 +105,7 @@ class Recorder:
         if self.ros.closed:
             return dict(self.assembler.counts)
         self.stop()
-        store = self.writer.reader()
-        if store.n_episodes and store.stats_status != "current":
-            self.writer.write_stats(compute_stats(store), n_steps=store.n_steps)
+        refresh_stats(self.writer)
         self.writer.close()
         self.ros.close()
         return dict(self.assembler.counts)

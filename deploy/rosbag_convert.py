@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..datasets import EpisodeWriter, compute_stats
+from ..datasets import EpisodeWriter
+from ..datasets.stats import refresh_stats
 from ..progress import progress_bar
 from .episode_assembly import EpisodeAssembler
 from .ros_messages import JointLayout, MessageRejected, command_topic, command_values, image_reader, image_topic
@@ -75,7 +76,5 @@ def convert_rosbag(bag: str | Path, out: str | Path, ros: Mapping, task: str, ca
                 assembler.counts[f"rejected_{exc.reason}"] += 1
         bar.close()
         write(assembler.stop())
-        store = writer.reader()
-        if store.n_episodes and store.stats_status != "current":
-            writer.write_stats(compute_stats(store), n_steps=store.n_steps)
+        refresh_stats(writer)
     return {**assembler.counts, "episodes_written": written, "marked_by_record_topic": marked}

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..datasets import DemoStore, EpisodeWriter, StoreError, compute_stats
+from ..datasets import DemoStore, EpisodeWriter, StoreError
+from ..datasets.stats import refresh_stats
 from ..progress import progress_bar
 from .metaworld_env import MetaWorldEnv
 from .metaworld_tasks import resolve_tasks
@@ -146,9 +147,7 @@ def collect(
                 bar.set_postfix(task=name, rate=f"{report.success_rate:.2f}", refresh=False)
             env.close()
         bar.close()
-        store = writer.reader()
-        if store.stats_status != "current":
-            writer.write_stats(compute_stats(store), n_steps=store.n_steps)
+        refresh_stats(writer)
     return reports
 
 
