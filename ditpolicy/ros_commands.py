@@ -88,7 +88,6 @@ def sim_robot(cfg: DictConfig) -> int:
     require_ros("sim-robot")
     from .deploy.sim_bridge import ExpertTeleop, SimRobotNode
 
-    ros = node_settings(cfg)
     topics = OmegaConf.to_container(cfg.ros, resolve=True)
     timeout = float("inf") if cfg.timeout_s is None else number(cfg, "timeout_s", above=0.0)
     with stop_on_signals() as stop:
@@ -102,8 +101,8 @@ def sim_robot(cfg: DictConfig) -> int:
         if flag(cfg, "expert"):
             teleop = ExpertTeleop(str(cfg.task), robot.context, number(cfg, "expert_rate_hz", above=0.0), topics)
             robot.executor.add_node(teleop.node)
-        print(f"sim robot {robot.report.task} ready: /joint_states, commands on /{ros.controller}/commands or "
-              f"/joint_trajectory{' (expert driving)' if teleop else ''}", flush=True)
+        print(f"sim robot {robot.report.task} ready: {topics['joint_states_topic']}, commands on "
+              f"/{topics['controller']}/commands or /joint_trajectory{' (expert driving)' if teleop else ''}", flush=True)
         try:
             report = robot.spin(stop.is_set, timeout, exit_when_done=flag(cfg, "exit_when_done"))
         finally:
