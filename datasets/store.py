@@ -41,6 +41,7 @@ from .checks import (
 )
 from .chunks import CheckedArray
 from .errors import MissingKeyError, StoreError, StoreVersionError
+from .remote import open_location
 
 FORMAT_NAME = "ditpolicy.demos"
 FORMAT_VERSION = 2
@@ -85,17 +86,18 @@ class DemoStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path, check: bool = True) -> "DemoStore":
-        """Open the committed part of a store.
+    def open(cls, path: str | Path, check: bool = True, cache_dir: str | Path | None = None) -> "DemoStore":
+        """Open the committed part of a store: a local path or an fsspec URL.
 
         check: verify the meta arrays, chunk presence and finite low-dim values now (reads every
         low-dim array once); ``check=False`` is for tools that report problems themselves.
+        cache_dir: where chunks of a remote URL are cached (remote.py; default ~/.cache).
         """
         path = str(path)
         if "://" not in path and not Path(path).exists():
             raise StoreError(path, "no such store (the path does not exist)")
         try:
-            root = zarr.open_group(path, mode="r")
+            root = zarr.open_group(open_location(path, cache_dir), mode="r")
         except Exception as exc:  # zarr raises several types for a non-store directory
             raise StoreError(path, f"not a readable zarr group ({type(exc).__name__}: {exc})") from exc
         return cls(path, root, read_record(path, root), check=check)

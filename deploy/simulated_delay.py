@@ -66,8 +66,8 @@ class DelayedChunkExecutor(ChunkExecutor):
         """Chunks, drops, blends and starved steps over every episode since construction."""
         return self._finished + self.scheduler.stats
 
-    def reset(self, goal=None) -> None:
-        super().reset(goal)
+    def reset(self, goal=None, seeds=None) -> None:
+        super().reset(goal, seeds)
         self._finished = self._finished + self.scheduler.stats
         self.scheduler.reset()
         self.step = 0

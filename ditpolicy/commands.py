@@ -61,7 +61,8 @@ def train(cfg: DictConfig) -> int:
     from .policies.train import train as run_train
 
     checkpoint = run_train(cfg)
-    print(f"checkpoint: {checkpoint.resolve()}")
+    if checkpoint is not None:                          # rank 0 under torchrun
+        print(f"checkpoint: {checkpoint.resolve()}")
     return 0
 
 
@@ -94,7 +95,8 @@ def distill(cfg: DictConfig) -> int:
                                                                   "teacher_steps": teacher_steps, "loss": str(cfg.loss),
                                                                   "target": str(cfg.target)}}
     checkpoint = Trainer(train_cfg, objective=objective, init_from=teacher, meta=meta).run()
-    print(f"checkpoint: {checkpoint.resolve()}")
+    if checkpoint is not None:
+        print(f"checkpoint: {checkpoint.resolve()}")
     return 0
 
 
@@ -144,11 +146,23 @@ def deploy(cfg: DictConfig) -> int:
 
 
 def run_eval(cfg: DictConfig):
-    """Evaluate a checkpoint; writes result.json, success.png and videos. Returns the result."""
+    """Evaluate a checkpoint; writes result.json, success.png and videos. Returns the result.
+
+    Under ``torchrun --nproc_per_node N`` each process runs every N-th episode of each task and
+    rank 0 writes the merged result, the same per episode as one process writes."""
+    from .policies.distributed import Distributed
+
+    dist = Distributed.from_env(str(cfg.device))
+    try:
+        return _run_eval(cfg, dist)
+    finally:
+        dist.close()
+
+
+def _run_eval(cfg: DictConfig, dist):
     from .envs.metaworld_tasks import resolve_tasks
-    from .envs.rollout import evaluate, plot_success
+    from .envs.rollout import evaluate, merge_results, plot_success
     from .policies import Policy
-    from .policies.train import resolve_device
 
     if cfg.env.name != "metaworld":
         raise ValueError(f"env={cfg.env.name!r}: evaluation supports env=metaworld")
@@ -160,7 +174,7 @@ def run_eval(cfg: DictConfig):
     if backend == "torch":
         if quantize is not None or cfg.onnx_dir is not None:
             raise SettingError("quantize and onnx_dir apply to backend=onnx; pass backend=onnx")
-        policy = Policy.from_checkpoint(cfg.checkpoint, device=resolve_device(cfg.device))
+        policy = Policy.from_checkpoint(cfg.checkpoint, device=dist.device)
     else:
         _require_onnx("eval backend=onnx")
         from .policies.onnx_backend import load_backend
@@ -188,9 +202,15 @@ def run_eval(cfg: DictConfig):
             raise SettingError(f"delay / blending / rtc: {exc}") from None
     result = evaluate(policy, tasks, episodes=episodes, num_envs=num_envs, max_episode_steps=max_steps,
                       n_action_steps=n_action_steps, steps=steps, seed=seed, video_dir=out / "videos",
-                      videos_per_task=videos, warm_start=warm_start, executor=executor)
+                      videos_per_task=videos if dist.is_main else 0, warm_start=warm_start, executor=executor,
+                      progress=dist.is_main, shard=(dist.rank, dist.world_size))
+    if dist.active:
+        result = merge_results(dist.gather(result))
+        if not dist.is_main:
+            return result, out
     out.mkdir(parents=True, exist_ok=True)
     summary = result.as_dict()
+    summary["processes"] = dist.world_size
     summary["realtime"] = {"warm_start": warm_start, "delay": delay, "blending": str(cfg.blending), "rtc": cfg.rtc}
     if executor is not None:
         summary["realtime"].update(schedule=executor.schedule_stats.as_dict(), smoothness=executor.seams.as_dict())

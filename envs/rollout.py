@@ -5,8 +5,15 @@ env of a wave resets with its own seed and a ``ChunkExecutor`` (policies/control
 all of them: it observes every step, predicts one chunk for all envs in one batched call when
 its queue is empty, and executes the first ``n_action_steps`` actions of each chunk, so the
 policy sees consecutive observations as in training. An episode succeeds the first time
-``info["success"]`` is true. Chunk latency excludes the first call at each batch size, which
-builds the traced graphs; that warm-up is reported on its own.
+``info["success"]`` is true.
+
+Episode i of a task always has the same seed, for its environment and for the policy's
+sampling noise, whichever wave or process runs it: ``shard=(rank, world)`` runs episodes
+rank, rank + world, ... of every task, and ``merge_results`` of every rank's result equals
+the single-process result (sharded evaluation under torchrun).
+
+Chunk latency excludes the first call at each batch size, which builds the traced graphs;
+that warm-up is reported on its own.
 """
 
 from __future__ import annotations
@@ -36,11 +43,18 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def episode_seed(seed: int, task_index: int, episode: int) -> int:
+    """The seed of episode ``episode`` of the task at ``task_index``: environment and noise."""
+    return seed + EVAL_SEED_BASE + task_index * 10_007 + episode
+
+
 @dataclass
 class TaskResult:
     task: str
     successes: list[bool] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    episodes: list[int] = field(default_factory=list)     # episode index of each entry
+    returns: list[float] = field(default_factory=list)    # summed reward up to success or the step limit
 
     @property
     def success_rate(self) -> float:
@@ -49,7 +63,10 @@ class TaskResult:
     def as_dict(self) -> dict:
         lo, hi = wilson_interval(int(np.sum(self.successes)), len(self.successes))
         return {"task": self.task, "episodes": len(self.successes), "success_rate": self.success_rate,
-                "ci95": [lo, hi], "mean_length": float(np.mean(self.lengths)) if self.lengths else 0.0}
+                "ci95": [lo, hi], "mean_length": float(np.mean(self.lengths)) if self.lengths else 0.0,
+                "mean_return": float(np.mean(self.returns)) if self.returns else 0.0,
+                "per_episode": {"episode": list(self.episodes), "success": list(self.successes),
+                                "length": list(self.lengths), "return": list(self.returns)}}
 
 
 @dataclass
@@ -96,9 +113,10 @@ def _ci(row: dict) -> str:
     return f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]"
 
 
-def run_task(policy, task: str, task_index: int, episodes: int, max_episode_steps: int, executor: ChunkExecutor,
-             seed: int, video_dir: Path | None, n_videos: int, bar=None) -> tuple[TaskResult, list[str]]:
-    """``episodes`` seeded episodes of one task, ``executor.batch_size`` envs at a time."""
+def run_task(policy, task: str, task_index: int, episodes: list[int], max_episode_steps: int,
+             executor: ChunkExecutor, seed: int, video_dir: Path | None, n_videos: int, bar=None
+             ) -> tuple[TaskResult, list[str]]:
+    """The seeded episodes ``episodes`` (indices) of one task, ``executor.batch_size`` envs at a time."""
     spec = policy.spec
     cameras = [k[len("rgb_"):] for k in spec.image_keys]
     image_size = spec.obs_shapes[spec.image_keys[0]][0] if cameras else 84
@@ -110,21 +128,26 @@ def run_task(policy, task: str, task_index: int, episodes: int, max_episode_step
     goal = policy.goal_inputs(spec.tasks.index(task) if task in spec.tasks else 0, n_envs)
     result, videos = TaskResult(task), []
     done_episodes = 0
-    while done_episodes < episodes:
-        wave = min(n_envs, episodes - done_episodes)
-        seeds = [seed + EVAL_SEED_BASE + task_index * 10_007 + done_episodes + i for i in range(n_envs)]
+    while done_episodes < len(episodes):
+        ids = episodes[done_episodes:done_episodes + n_envs]
+        wave = len(ids)
+        padded = ids + [ids[-1] + 1 + i for i in range(n_envs - wave)]   # idle envs fill the batch
+        seeds = [episode_seed(seed, task_index, e) for e in padded]
         obs, _ = envs.reset(seed=seeds)
-        executor.reset(goal)
+        executor.reset(goal, seeds=seeds)
         executor.observe(obs)
         success = np.zeros(n_envs, bool)
         length = np.full(n_envs, max_episode_steps)
+        returns = np.zeros(n_envs)
         active = np.arange(n_envs) < wave
         record = video_dir is not None and len(videos) < n_videos
         frames = [envs.envs[0].render()] if record else []
         t = 0
         while t < max_episode_steps and (active & ~success).any():
-            obs, _, _, truncated, info = envs.step(executor.act())
+            running = active & ~success
+            obs, reward, _, truncated, info = envs.step(executor.act())
             executor.observe(obs)
+            returns[running] += np.asarray(reward, np.float64)[running]
             t += 1
             newly = info["success"].astype(bool) & ~success
             length[newly] = t
@@ -136,12 +159,14 @@ def run_task(policy, task: str, task_index: int, episodes: int, max_episode_step
         for i in range(wave):
             result.successes.append(bool(success[i]))
             result.lengths.append(int(length[i]))
+            result.episodes.append(ids[i])
+            result.returns.append(float(returns[i]))
         done_episodes += wave
         if bar is not None:
             bar.update(wave)
             bar.set_postfix(task=task, success=f"{result.success_rate:.2f}", refresh=False)
         if record and frames:
-            path = video_dir / f"{task}_ep{done_episodes - wave:03d}_{'success' if success[0] else 'fail'}.mp4"
+            path = video_dir / f"{task}_ep{ids[0]:03d}_{'success' if success[0] else 'fail'}.mp4"
             _write_video(path, frames)
             videos.append(str(path))
     envs.close()
@@ -158,27 +183,45 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> None:
 def evaluate(policy, tasks: list[str], episodes: int = 50, num_envs: int = 10, max_episode_steps: int = 500,
              n_action_steps: int | None = None, steps: int | None = None, seed: int = 0,
              video_dir: str | Path | None = None, videos_per_task: int = 1, progress: bool = True,
-             warm_start: float = 0.0, executor: ChunkExecutor | None = None) -> EvalResult:
+             warm_start: float = 0.0, executor: ChunkExecutor | None = None,
+             shard: tuple[int, int] = (0, 1)) -> EvalResult:
     """Success of ``policy`` on each task over ``episodes`` seeded episodes.
+
+    ``shard=(rank, world)``: run only episodes rank, rank + world, ... of each task.
 
     ``warm_start``: start each chunk's sampler from the rest of the previous chunk at that
     noise level (control.py). ``executor``: drive the envs with this one (its batch size is
     the number of envs) instead of a plain ChunkExecutor, e.g. one that simulates an inference
     delay (deploy/simulated_delay.py)."""
     policy.eval()
+    rank, world = shard
+    mine = list(range(episodes))[rank::world]
     if executor is None:
         executor = ChunkExecutor(policy, batch_size=max(1, min(num_envs, episodes)), n_action_steps=n_action_steps,
                                  steps=steps, warm_start=warm_start)
     results, videos = [], []
-    bar = progress_bar(total=episodes * len(tasks), desc="eval", unit="ep", disable=not progress)
+    bar = progress_bar(total=len(mine) * len(tasks), desc="eval", unit="ep", disable=not progress)
     for index, task in enumerate(tasks):
-        result, task_videos = run_task(policy, task, index, episodes, max_episode_steps, executor, seed,
+        result, task_videos = run_task(policy, task, index, mine, max_episode_steps, executor, seed,
                                        Path(video_dir) if video_dir else None, videos_per_task, bar)
         results.append(result)
         videos += task_videos
     bar.close()
     return EvalResult(results, executor.latencies_ms, batch_size=executor.batch_size, videos=videos,
                       warmup_ms=executor.warmup_ms)
+
+
+def merge_results(parts: list[EvalResult]) -> EvalResult:
+    """One result from the results of disjoint episode shards: every task's episodes in index
+    order, latencies and videos pooled."""
+    tasks = []
+    for i, first in enumerate(parts[0].tasks):
+        rows = sorted(row for part in parts for row in zip(part.tasks[i].episodes, part.tasks[i].successes,
+                                                           part.tasks[i].lengths, part.tasks[i].returns))
+        tasks.append(TaskResult(first.task, [bool(r[1]) for r in rows], [int(r[2]) for r in rows],
+                                [int(r[0]) for r in rows], [float(r[3]) for r in rows]))
+    return EvalResult(tasks, [x for p in parts for x in p.chunk_latency_ms], parts[0].batch_size,
+                      [v for p in parts for v in p.videos], [w for p in parts for w in p.warmup_ms])
 
 
 def plot_success(result: EvalResult, path: str | Path, title: str = "success rate") -> None:

@@ -88,6 +88,7 @@ class ChunkExecutor:
         self.warm_start = float(warm_start)
         self.rtc = rtc
         self._last_chunk: np.ndarray | None = None
+        self._generators: list[torch.Generator] | None = None
         self.goal: dict[str, torch.Tensor] = {}
         self.latencies_ms: list[float] = []
         self.warmup_ms: list[float] = []
@@ -95,8 +96,14 @@ class ChunkExecutor:
         self._history: deque[dict[str, np.ndarray]] = deque(maxlen=spec.n_obs)
         self._queue: deque[np.ndarray] = deque()
 
-    def reset(self, goal: dict[str, torch.Tensor] | None = None) -> None:
-        """Start new episodes: forget history and queued actions; ``goal`` tensors (B, ...)."""
+    def reset(self, goal: dict[str, torch.Tensor] | None = None, seeds: list[int] | None = None) -> None:
+        """Start new episodes: forget history and queued actions; ``goal`` tensors (B, ...).
+
+        ``seeds`` (B,): each episode's sampling noise comes from its own generator, so its
+        actions are the same whichever other episodes share the batch (sharded evaluation)."""
+        if seeds is not None and len(seeds) != self.batch_size:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {self.batch_size} episodes")
+        self._generators = None if seeds is None else [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.goal = dict(goal or {})
         self._history.clear()
         self._queue.clear()
@@ -142,6 +149,10 @@ class ChunkExecutor:
         device = self.policy.device
         batch = {k: torch.as_tensor(v).to(device) for k, v in (history or self.history()).items()}
         options = {}
+        if self._generators is not None:
+            spec = self.policy.spec
+            options["noise"] = torch.stack([torch.randn(spec.horizon, spec.action_dim, generator=g)
+                                            for g in self._generators])
         if prefix is not None and prefix.shape[1] > 0:
             prefix_t = torch.as_tensor(prefix, dtype=torch.float32)
             if delay > 0:

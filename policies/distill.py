@@ -31,6 +31,7 @@ import math
 import torch
 import torch.utils._pytree as pytree
 
+from . import batch_random
 from .denoiser import prediction_of
 
 LOSSES = ("pseudo_huber", "mse")
@@ -82,9 +83,9 @@ class ConsistencyDistillation:
         spec, process = policy.spec, policy.process
         x0 = policy.normalizer.normalize(spec.action_key, batch[spec.action_key].float())       # (B, H, A)
         b, n_steps = x0.shape[0], self.teacher_steps
-        n = torch.randint(1, n_steps + 1, (b,), device=x0.device)
+        n = batch_random.randint(1, n_steps + 1, (b,), x0.device)
         t_hi, t_lo = n.to(x0.dtype) / n_steps, (n - 1).to(x0.dtype) / n_steps
-        x_hi = process.add_noise(x0, t_hi, torch.randn_like(x0))
+        x_hi = process.add_noise(x0, t_hi, batch_random.randn(x0.shape, x0.device, x0.dtype))
         prepared = policy.denoiser.prepare(policy.condition(batch, augment=policy.training))
         with torch.no_grad():
             teacher_prepared = self.teacher.denoiser.prepare(self.teacher.condition(batch))

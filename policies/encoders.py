@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import batch_random
+
 
 @dataclass
 class ObsSpec:
@@ -68,8 +70,8 @@ def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
     images: (N, H, W, C) uint8, one offset per image."""
     n, h, w, _ = images.shape
     x = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
-    dy = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
+    dx = batch_random.randint(0, 2 * pad + 1, (n,), images.device)
+    dy = batch_random.randint(0, 2 * pad + 1, (n,), images.device)
     rows = (dy[:, None] + torch.arange(h, device=images.device)[None])  # (N, H)
     cols = (dx[:, None] + torch.arange(w, device=images.device)[None])  # (N, W)
     x = x[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import batch_random
 from .denoiser import DENOISERS, Denoiser
 from .dit import Attention, timestep_embedding
 
@@ -145,9 +146,12 @@ class MoDEDenoiser(Denoiser):
         """Router logits (R, E) -> (experts (R, k), renormalised gates (R, k), probabilities (R, E))."""
         probs = logits.float().softmax(dim=-1)
         if self.training and self.train_routing == "multinomial":
-            idx = torch.multinomial(probs, self.top_k)
+            # Gumbel top-k: k experts drawn without replacement in proportion to probs
+            uniform = batch_random.rand(probs.shape, probs.device, probs.dtype).clamp(1e-20, 1 - 1e-7)
+            idx = (probs.clamp_min(1e-30).log() - (-uniform.log()).log()).topk(self.top_k, dim=-1).indices
         elif self.training and self.train_routing == "noise":
-            idx = (logits + self.router_noise * torch.randn_like(logits)).topk(self.top_k, dim=-1).indices
+            noise = batch_random.randn(logits.shape, logits.device, logits.dtype)
+            idx = (logits + self.router_noise * noise).topk(self.top_k, dim=-1).indices
         else:
             idx = probs.topk(self.top_k, dim=-1).indices
         gates = probs.gather(-1, idx)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..datasets import Normalizer
+from . import batch_random
 from .control import ChunkExecutor, ObservationError, check_observation, pad_chunk
 from .denoiser import DENOISERS
 from .encoders import ObservationEncoder, ObsSpec
@@ -124,8 +125,8 @@ class DiffusionPolicy(nn.Module):
             return None, None
         b, h = actions.shape[:2]
         t = self.process.draw_levels((b,), actions.device, actions.dtype)
-        delay = torch.randint(1, self.spec.prefix_delay_max + 1, (b, 1), device=actions.device)
-        delay = torch.where(torch.rand(b, 1, device=actions.device) < 0.5, torch.zeros_like(delay), delay)
+        delay = batch_random.randint(1, self.spec.prefix_delay_max + 1, (b, 1), actions.device)
+        delay = torch.where(batch_random.rand((b, 1), actions.device) < 0.5, torch.zeros_like(delay), delay)
         mask = torch.arange(h, device=actions.device)[None] >= delay
         return torch.where(mask, t[:, None], torch.zeros_like(t)[:, None]), mask
 
@@ -135,7 +136,7 @@ class DiffusionPolicy(nn.Module):
                               generator: torch.Generator | None = None, init: torch.Tensor | None = None,
                               t_start: float | torch.Tensor = 1.0, return_heads: bool = False,
                               prefix: torch.Tensor | None = None, delay: int = 0, rtc: str = "inpaint",
-                              decay: str = "exp"):
+                              decay: str = "exp", noise: torch.Tensor | None = None):
         """Observation histories (B, n_obs, ...) and goal inputs -> actions (B, H, A), unnormalised.
 
         ``init`` (B, H, A), unnormalised, starts the sampler from those actions noised to
@@ -147,12 +148,18 @@ class DiffusionPolicy(nn.Module):
         chunk plans for this chunk's first P steps, of which the first ``delay`` will run
         before this chunk arrives. ``rtc="inpaint"`` steers the sampler toward them
         (inpainting.py, ``decay`` of the weights); ``rtc="train"`` gives the first ``delay``
-        to the network clean, for policies trained with ``prefix_delay_max >= delay``."""
+        to the network clean, for policies trained with ``prefix_delay_max >= delay``.
+
+        ``noise`` (B, H, A): the sampler's starting noise, instead of a draw (per-episode
+        seeded noise, so that an episode's actions do not depend on the batch it runs in)."""
         b = batch[self.spec.obs_keys[0]].shape[0]
         h = self.spec.horizon
         prepared = self.fast_step.prepare(self, batch)
         shape = (b, h, self.spec.action_dim)
-        x = torch.randn(shape, device=self.device, generator=generator)
+        if noise is not None and tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}; the sampler starts from (B, H, A) = {shape}")
+        x = (noise.to(self.device, torch.float32) if noise is not None
+             else torch.randn(shape, device=self.device, generator=generator))
         if init is not None:
             x0 = self.normalizer.normalize(self.spec.action_key, init.to(self.device).float())
             x = self.process.add_noise(x0, start_levels(t_start, x0), x)

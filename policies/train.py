@@ -1,9 +1,17 @@
 """The training loop (``ditpolicy train``).
 
 Seeded; AdamW with warm-up + cosine, gradient clipping, EMA weights, bf16/fp16 autocast on
-CUDA; progress bar with loss and samples/s; TensorBoard logs; periodic validation loss,
+CUDA; progress bar with loss and samples/s; TensorBoard logs and metrics.jsonl; periodic validation loss,
 rollouts and checkpoints; ``resume=true`` continues from ``<run>/checkpoints/latest`` with
 the same step, optimiser, scheduler, EMA and RNG states.
+
+Under ``torchrun --nproc_per_node N`` the same loop runs on every process (DDP, or FSDP with
+``train.distributed.strategy=fsdp``). ``train.batch_size`` is the *global* batch: each step
+draws its rows and a noise seed from one seeded stream that every rank holds, and splits the
+rows into N x ``train.grad_accum`` equal pieces; the noise of every sample is cut from
+draws for the whole batch (batch_random.py). The loss of a step is therefore the same for
+any number of processes and micro-batches, and a run resumes with another world size.
+Rank 0 alone logs, validates, rolls out and writes checkpoints (in the single-process layout).
 """
 
 from __future__ import annotations
@@ -20,11 +28,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..datasets import DemoStore, Normalizer, SequenceSampler, compute_stats, split_episodes
 from ..progress import progress_bar
-from ..settings import integer, number, positive_int
+from ..settings import SettingError, choice, integer, number, positive_int
 from .checkpoint import LATEST, CheckpointError, check_state, load_train_state, point_latest, save_checkpoint
+from .batch_random import shard_of_batch
+from .distributed import BACKENDS, Distributed, resolve_device  # noqa: F401  (resolve_device: used by the verbs)
 from .optim import EMA, make_optimizer, warmup_cosine
+from .parallel_model import (STRATEGIES, ObjectiveModule, full_state, full_tensor, gradient_sync, is_sharded,
+                             load_optimizer_state, optimizer_state, shard_like, wrap)
 from .policy import DiffusionPolicy
 from .spec import PolicySpec
+
+
+# settings that configs written before they existed lack (a distillation merges its teacher's)
+TRAIN_DEFAULTS = {"train": {"grad_accum": 1, "distributed": {"strategy": "ddp", "backend": "auto",
+                                                             "find_unused_parameters": False}}}
 
 
 class TrainingDiverged(ValueError):
@@ -33,12 +50,15 @@ class TrainingDiverged(ValueError):
 
 def check_train_settings(cfg: DictConfig) -> None:
     """Every count and rate of the train config, each error naming its key."""
-    for key in ("train.steps", "train.batch_size", "train.save_every", "train.log_every", "train.keep_checkpoints"):
+    for key in ("train.steps", "train.batch_size", "train.save_every", "train.log_every", "train.keep_checkpoints",
+                "train.grad_accum"):
         positive_int(cfg, key)
     for key in ("train.warmup_steps", "train.val_every", "train.num_threads", "train.rollout.every",
                 "train.rollout.episodes", "train.seed"):
         integer(cfg, key, minimum=0)
     positive_int(cfg, "train.rollout.num_envs")
+    choice(cfg, "train.distributed.strategy", STRATEGIES)
+    choice(cfg, "train.distributed.backend", BACKENDS)
     number(cfg, "train.lr", low=0.0)
     number(cfg, "train.weight_decay", low=0.0)
     number(cfg, "train.grad_clip", low=0.0)
@@ -48,10 +68,13 @@ def check_train_settings(cfg: DictConfig) -> None:
     number(cfg, "dataset.image_cache_gb", low=0.0)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def micro_batch_size(cfg: DictConfig, world_size: int) -> int:
+    """Samples per forward pass: the global batch over processes x accumulation steps."""
+    total, accum = int(cfg.train.batch_size), int(cfg.train.grad_accum)
+    if total % (world_size * accum):
+        raise SettingError(f"train.batch_size={total} (the global batch) must split evenly over {world_size} "
+                           f"process(es) x train.grad_accum={accum}: pass a multiple of {world_size * accum}")
+    return total // (world_size * accum)
 
 
 def data_fingerprint(store: DemoStore) -> str:
@@ -90,18 +113,23 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, objective=None, init_from: str | Path | DiffusionPolicy | None = None,
                  meta: dict | None = None):
+        cfg = OmegaConf.merge(TRAIN_DEFAULTS, cfg)
         check_train_settings(cfg)
         self.cfg = cfg
         self.objective = objective or default_objective
         self.extra_meta = dict(meta or {})
         t = cfg.train
-        self.device = resolve_device(t.device)
+        dist_cfg = t.distributed
+        self.dist = Distributed.from_env(str(t.device), str(dist_cfg.backend))
+        self.device = self.dist.device
+        self.accum = int(t.grad_accum)
+        self.micro = micro_batch_size(cfg, self.dist.world_size)
         if t.num_threads > 0:
             torch.set_num_threads(int(t.num_threads))
         torch.manual_seed(int(t.seed))
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.store = DemoStore.open(cfg.dataset.path)
+        self.store = DemoStore.open(cfg.dataset.path, cache_dir=cfg.dataset.get("cache_dir"))
         stats = self.store.stats or compute_stats(self.store)
         train_mask, val_mask = split_episodes(self.store.n_episodes, float(cfg.dataset.val_fraction), int(t.seed))
         self.spec = build_spec(cfg, self.store)
@@ -115,6 +143,15 @@ class Trainer:
         self.policy = DiffusionPolicy(self.spec, normalizer).to(self.device)
         if init_from is not None and not cfg.resume:
             self._init_weights(init_from)
+        resumed = self._read_resume() if cfg.resume else None
+        if resumed is not None:
+            self.policy.load_state_dict(resumed[0])
+        # FSDP keeps shards only; rank 0 loads the gathered weights into this copy to save and validate
+        fsdp = self.dist.active and dist_cfg.strategy == "fsdp"
+        self.replica = copy.deepcopy(self.policy) if fsdp and self.dist.is_main else None
+        self.model = wrap(ObjectiveModule(self.policy, self.objective), str(dist_cfg.strategy), self.dist,
+                          bool(dist_cfg.find_unused_parameters))
+        self.sharded = is_sharded(self.model)
         self.ema = EMA(self.policy, float(t.ema_decay))
         self.optimizer = make_optimizer(self.policy, float(t.lr), float(t.weight_decay), tuple(t.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -123,8 +160,8 @@ class Trainer:
         self.step = 0
         self.autocast = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
-        if cfg.resume:
-            self._resume()
+        if resumed is not None:
+            self._apply_resume(*resumed)
 
     # ------------------------------------------------------------------ state
     def _autocast_dtype(self):
@@ -148,11 +185,16 @@ class Trainer:
             raise ValueError(f"{where}: cannot start from it: {exc}") from None
         self.policy.load_state_dict(source.state_dict())     # copies: the source stays untouched
 
-    def _resume(self) -> None:
+    def _read_resume(self) -> tuple | None:
+        """(model state, train info, EMA state, path) of the latest checkpoint, checked against the policy."""
         latest = self.ckpt_dir / LATEST
+        seen = self.dist.gather(latest.resolve().name if latest.exists() else None)
+        if len(set(seen)) > 1:
+            raise ValueError(f"resume: the processes see different checkpoints under {self.ckpt_dir} ({seen}); "
+                             f"run_dir must be on a file system that every node shares")
         if not latest.exists():
-            print(f"resume: no checkpoint under {self.ckpt_dir}, starting from step 0")
-            return
+            self.say(f"resume: no checkpoint under {self.ckpt_dir}, starting from step 0")
+            return None
         model_state, info, ema_state = load_train_state(latest)
         for name, state in (("model.safetensors", model_state), ("ema.safetensors", ema_state)):
             try:
@@ -161,49 +203,93 @@ class Trainer:
                 raise CheckpointError(latest.resolve(), f"cannot resume: {exc} (was the run trained with other "
                                                         f"policy settings? resume with those, or train into a "
                                                         f"new run_dir)") from None
-        self.policy.load_state_dict(model_state)
-        self.ema.state = {k: v.to(self.device) for k, v in ema_state.items()}
+        return model_state, info, ema_state, latest
+
+    def _apply_resume(self, model_state: dict, info: dict, ema_state: dict, latest: Path) -> None:
+        """Optimiser, scheduler, EMA and RNG states of a checkpoint (the weights are already in)."""
+        self.ema.state = (shard_like(ema_state, self.ema.state) if self.sharded
+                          else {k: v.to(self.device) for k, v in ema_state.items()})
         self.ema.updates = int(info["ema_updates"])
-        self.optimizer.load_state_dict(info["optimizer"])
+        load_optimizer_state(self.model, self.optimizer, info["optimizer"])
         self.scheduler.load_state_dict(info["scheduler"])
         self.rng.bit_generator.state = info["numpy_rng"]
         torch.set_rng_state(info["torch_rng"])
         self.step = int(info["step"])
-        print(f"resumed from {latest.resolve().name} at step {self.step}")
+        self.say(f"resumed from {latest.resolve().name} at step {self.step}")
 
-    def save(self) -> Path:
+    def say(self, text: str) -> None:
+        """Print on rank 0 only."""
+        if self.dist.is_main:
+            print(text)
+
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0; every rank must call it, FSDP gathers the shards)."""
+        ema_state = full_state(self.ema.state) if self.sharded else self.ema.state
+        policy = self._whole_policy(full_state(self.policy.state_dict()) if self.sharded else None)
+        optimizer = optimizer_state(self.model, self.optimizer)
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
         train_state = {
-            "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
             "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "ema_updates": self.ema.updates,
         }
         meta = {"step": self.step, "data": {"store": str(self.store.path), "fingerprint": data_fingerprint(self.store),
                                             "episodes": self.store.n_episodes, "steps": self.store.n_steps},
                 **self.extra_meta}
-        target = save_checkpoint(self.ckpt_dir / f"step_{self.step:07d}", self.policy, self.ema.state, self.cfg, meta,
+        target = save_checkpoint(self.ckpt_dir / f"step_{self.step:07d}", policy, ema_state, self.cfg, meta,
                                  train_state)
         point_latest(self.ckpt_dir, target, keep_last=int(self.cfg.train.keep_checkpoints))
+        self.dist.barrier()
         return target
 
-    def ema_policy(self) -> DiffusionPolicy:
-        policy = copy.deepcopy(self.policy)
-        policy.load_state_dict(self.ema.state)
+    def _whole_policy(self, state: dict | None) -> DiffusionPolicy | None:
+        """The trained policy whole: itself, or under FSDP rank 0's replica loaded with ``state``."""
+        if not self.sharded:
+            return self.policy
+        if self.replica is not None:
+            self.replica.load_state_dict(state)
+        return self.replica
+
+    def ema_policy(self) -> DiffusionPolicy | None:
+        """A copy of the policy with the EMA weights; None on ranks other than 0 (every rank
+        must call it under FSDP, which gathers the shards)."""
+        state = full_state(self.ema.state) if self.sharded else self.ema.state
+        base = self._whole_policy(None)
+        if base is None or not self.dist.is_main:
+            return None
+        policy = copy.deepcopy(base)
+        policy.load_state_dict(state)
         return policy.eval()
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> dict[str, float]:
+        """One optimiser step over the global batch: this rank's ``grad_accum`` pieces of it,
+        gradients averaged over all ranks. Returns the logs averaged over the whole batch."""
         t = self.cfg.train
-        rows = self.rng.integers(0, len(self.train_sampler), int(t.batch_size))
-        batch = to_torch(self.train_sampler.sample_batch(rows), self.device)
-        self.policy.train()
-        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            loss, logs = self.objective(self.policy, batch)
-        if not np.isfinite(logs["loss"]):
-            self._diverged(f"loss is {logs['loss']}", rows, logs)
+        total = int(t.batch_size)
+        rows = self.rng.integers(0, len(self.train_sampler), total)
+        noise_seed = int(self.rng.integers(0, 1 << 62))
+        self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        logs: dict[str, float] = {}
+        for j in range(self.accum):
+            start = (self.dist.rank * self.accum + j) * self.micro
+            batch = to_torch(self.train_sampler.sample_batch(rows[start:start + self.micro]), self.device)
+            with gradient_sync(self.model, j == self.accum - 1):
+                with shard_of_batch(noise_seed, start, start + self.micro, total), \
+                        torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                    loss, piece = self.model(batch)
+                piece = self.dist.mean(piece)
+                if not np.isfinite(piece["loss"]):
+                    self._diverged(f"loss is {piece['loss']}", rows, piece)
+                self.scaler.scale(loss / self.accum).backward()
+            for k, v in piece.items():
+                logs[k] = logs.get(k, 0.0) + v / self.accum
         self.scaler.unscale_(self.optimizer)
-        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), float(t.grad_clip)))
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), float(t.grad_clip))
+        logs["grad_norm"] = float(full_tensor(norm))
         if not np.isfinite(logs["grad_norm"]) and not self.scaler.is_enabled():  # fp16 skips such steps itself
             self._diverged(f"gradient norm is {logs['grad_norm']}", rows, logs)
         self.scaler.step(self.optimizer)
@@ -223,10 +309,14 @@ class Trainer:
             f"{self.store.path}. Training stopped; the last checkpoint written is the last finite one.")
 
     @torch.no_grad()
-    def validation_loss(self, batches: int = 8) -> float | None:
+    def validation_loss(self, policy: DiffusionPolicy | None = None, batches: int = 8) -> float | None:
+        """Loss of the EMA policy (or ``policy``) on fixed validation batches; None without
+        validation episodes or on ranks other than 0."""
         if self.val_sampler is None or len(self.val_sampler) == 0:
             return None
-        policy = self.ema_policy()
+        policy = policy or self.ema_policy()
+        if policy is None:
+            return None
         gen = np.random.default_rng(12345)
         cpu_rng = torch.get_rng_state()
         torch.manual_seed(12345)
@@ -237,59 +327,90 @@ class Trainer:
         torch.set_rng_state(cpu_rng)  # validation must not shift the training RNG stream
         return float(np.mean(losses))
 
-    def rollout(self) -> dict | None:
+    def rollout(self, policy: DiffusionPolicy | None = None) -> dict | None:
+        """Success of the EMA policy (or ``policy``) in simulation; None when off or not rank 0."""
         r = self.cfg.train.rollout
         if int(r.episodes) <= 0:
+            return None
+        policy = policy or self.ema_policy()
+        if policy is None:
             return None
         from ..envs.rollout import evaluate
 
         cpu_rng = torch.get_rng_state()
-        result = evaluate(self.ema_policy(), self.spec.tasks, episodes=int(r.episodes), num_envs=int(r.num_envs),
+        result = evaluate(policy, self.spec.tasks, episodes=int(r.episodes), num_envs=int(r.num_envs),
                           max_episode_steps=int(self.cfg.env.max_episode_steps), progress=False)
         torch.set_rng_state(cpu_rng)
         return result
 
-    def run(self) -> Path:
+    def run(self) -> Path | None:
+        """Train to ``train.steps``; returns the latest checkpoint (None on ranks other than 0).
+        Ends the process group it started."""
+        try:
+            latest = self._loop()
+            return latest if self.dist.is_main else None
+        finally:
+            self.dist.close()
+
+    def _loop(self) -> Path:
         t = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.cfg, self.run_dir / "config.yaml")
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.cfg, self.run_dir / "config.yaml")
         from torch.utils.tensorboard import SummaryWriter
 
-        tb = SummaryWriter(str(self.run_dir / "tb"))
+        tb = SummaryWriter(str(self.run_dir / "tb")) if main else None
+        metrics = (self.run_dir / "metrics.jsonl").open("a") if main else None
         total = int(t.steps)
         n_params = sum(p.numel() for p in self.policy.parameters())
-        print(f"training {n_params / 1e6:.2f} M parameters on {self.device}: {len(self.train_sampler)} windows, "
-              f"{total} steps of batch {t.batch_size} -> {self.run_dir}")
-        bar = progress_bar(total=total, initial=self.step, desc="train", unit="step", disable=not t.progress)
+        where = (f"{self.dist.world_size} processes ({t.distributed.strategy}, {self.device.type})" if self.dist.active
+                 else str(self.device))
+        self.say(f"training {n_params / 1e6:.2f} M parameters on {where}: {len(self.train_sampler)} windows, "
+                 f"{total} steps of batch {t.batch_size} ({self.micro} per forward pass) -> {self.run_dir}")
+        bar = progress_bar(total=total, initial=self.step, desc="train", unit="step", disable=not (t.progress and main))
         window_start, window_samples = time.perf_counter(), 0
         while self.step < total:
             logs = self.train_step()
             window_samples += int(t.batch_size)
             bar.update(1)
-            if self.step % int(t.log_every) == 0 or self.step == total:
+            if main and (self.step % int(t.log_every) == 0 or self.step == total):
                 rate = window_samples / (time.perf_counter() - window_start)
                 window_start, window_samples = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
                 for k, v in logs.items():
                     tb.add_scalar(f"train/{k}", v, self.step)
                 tb.add_scalar("train/samples_per_s", rate, self.step)
-            if int(t.val_every) > 0 and (self.step % int(t.val_every) == 0 or self.step == total):
-                val = self.validation_loss()
-                if val is not None:
-                    tb.add_scalar("val/loss", val, self.step)
-                    bar.write(f"step {self.step}: validation loss {val:.4f}")
-            if int(t.rollout.every) > 0 and self.step % int(t.rollout.every) == 0:
-                result = self.rollout()
-                if result:
-                    tb.add_scalar("rollout/success", result.mean_success, self.step)
-                    bar.write(f"step {self.step}: rollout success {result.mean_success:.3f}")
+                metrics.write(json.dumps({"step": self.step, **logs, "samples_per_s": rate}) + "\n")
+                metrics.flush()
+            validate = int(t.val_every) > 0 and (self.step % int(t.val_every) == 0 or self.step == total)
+            roll = int(t.rollout.every) > 0 and self.step % int(t.rollout.every) == 0
+            if validate or roll:
+                self._evaluate_ema(validate, roll, bar, tb)
             if self.step % int(t.save_every) == 0 or self.step == total:
                 self.save()
         bar.close()
-        tb.close()
+        if tb is not None:
+            tb.close()
+            metrics.close()
         return self.ckpt_dir / LATEST
 
+    def _evaluate_ema(self, validate: bool, roll: bool, bar, tb) -> None:
+        """Validation loss and / or rollouts of the EMA weights on rank 0; the others wait."""
+        policy = self.ema_policy()
+        if policy is not None:
+            val = self.validation_loss(policy) if validate else None
+            if val is not None:
+                tb.add_scalar("val/loss", val, self.step)
+                bar.write(f"step {self.step}: validation loss {val:.4f}")
+            result = self.rollout(policy) if roll else None
+            if result:
+                tb.add_scalar("rollout/success", result.mean_success, self.step)
+                bar.write(f"step {self.step}: rollout success {result.mean_success:.3f}")
+        self.dist.barrier()
 
-def train(cfg: DictConfig) -> Path:
-    """Train from a composed config; returns the path of the last checkpoint."""
+
+def train(cfg: DictConfig) -> Path | None:
+    """Train from a composed config; returns the path of the last checkpoint (None on ranks
+    other than 0 under torchrun)."""
     return Trainer(cfg).run()

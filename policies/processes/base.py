@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from .. import batch_random
 from ..denoiser import DenoiserOutput, heads_of, prediction_of
 from ..registry import Registry
 
@@ -84,7 +85,7 @@ class DenoisingProcess:
         """(x_t, t, target) for x0 (B, H, A); t (B,) drawn here unless given, (B,) or (B, H)."""
         if t is None:
             t = self.draw_levels(x0.shape[:1], x0.device, x0.dtype, generator)
-        eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        eps = batch_random.randn(x0.shape, x0.device, x0.dtype, generator)
         return self.add_noise(x0, t, eps), t, self.target(x0, eps, t)
 
     def loss_terms(self, out: DenoiserOutput, target: torch.Tensor, mask: torch.Tensor | None = None

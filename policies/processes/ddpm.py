@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from .. import batch_random
 from .base import PROCESSES, DenoisingProcess, expand_levels, heads_of, prediction_of, start_levels
 
 PREDICTIONS = ("epsilon", "sample")
@@ -52,7 +53,7 @@ class DDPMProcess(DenoisingProcess):
         return expand_levels(self.abar_table.to(like.device)[j].to(like.dtype), like)
 
     def draw_levels(self, shape, device, dtype, generator=None):
-        k = torch.randint(0, self.num_train_steps, shape, device=device, generator=generator)
+        k = batch_random.randint(0, self.num_train_steps, shape, device, generator)
         return (k.to(dtype) + 1) / self.num_train_steps
 
     def add_noise(self, x0, t, eps):

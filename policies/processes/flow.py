@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import batch_random
 from .base import PROCESSES, DenoisingProcess, expand_levels, heads_of, prediction_of, start_levels
 
 SOLVERS = ("euler", "heun")
@@ -29,8 +30,8 @@ class FlowMatchingProcess(DenoisingProcess):
 
     def draw_levels(self, shape, device, dtype, generator=None):
         if self.time_sampling == "uniform":
-            return torch.rand(shape, device=device, dtype=dtype, generator=generator)
-        return torch.sigmoid(torch.randn(shape, device=device, dtype=dtype, generator=generator))
+            return batch_random.rand(shape, device, dtype, generator)
+        return torch.sigmoid(batch_random.randn(shape, device, dtype, generator))
 
     def add_noise(self, x0, t, eps):
         tt = expand_levels(t, x0)
