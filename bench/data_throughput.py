@@ -6,6 +6,11 @@ Prints tables and writes JSON.
 
     python bench/data_throughput.py                       # makes the stores if missing
     python bench/data_throughput.py --lowdim-store S --image-store S --out outputs/bench/data.json
+    python bench/data_throughput.py --only-loader        # image windows/s with 0, 1, 2 loader workers + training wait
+
+Loader rows: image batches of 64 windows from zarr (no in-RAM cache) gathered in the training
+process (0 workers) or by 1 or 2 worker processes, after the workers' start-up; then a short
+training run with the workers, reporting how long each step waited for its batch.
 
 The stores are collected with Meta-World's experts when absent or incomplete: MT10 x 50
 episodes (state) and 3 tasks x 10 episodes with the corner camera at 84x84; their v1 twins
@@ -127,6 +132,44 @@ def integrity_cases(lowdim: DemoStore, image: DemoStore, lowdim_v1: str, image_v
     return rows
 
 
+def loader_rates(store_path: str, args, steps: int = 40) -> list[dict]:
+    """Image windows/s from zarr with 0, 1 and 2 loader workers (batches of 64)."""
+    from ditpolicy.datasets.loader import StepBatches, step_loader
+
+    keys = ["rgb_corner", "proprio"]
+    rows = []
+    for workers in (0, 1, 2):
+        batches = StepBatches(store_path, None, dict(obs_keys=keys, n_obs=args.n_obs, horizon=args.horizon,
+                                                     image_cache_bytes=0), seed=0, batch=64, lo=0, hi=64)
+        it = (batches[s] for s in range(steps + 2)) if workers == 0 else step_loader(batches, 0, steps + 2, workers)
+        next(it)                                            # start-up (worker spawn, store open)
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(it)
+        rate = steps * 64 / (time.perf_counter() - start)
+        rows.append({"workers": workers, "windows_per_s": rate})
+        print(f"  loader, {workers} worker(s): {rate:,.0f} image windows/s", flush=True)
+    return rows
+
+
+def training_wait(store_path: str, workers: int, steps: int = 40) -> dict:
+    """Median time per step spent waiting for the batch, in a short image training run."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "ditpolicy", "train", f"dataset.path={store_path}",
+                        "dataset.obs_keys=[rgb_corner,proprio]", f"dataset.loader.workers={workers}",
+                        f"run_dir={tmp}/run", f"train.steps={steps}", "train.batch_size=64", "train.log_every=1",
+                        "train.val_every=0", f"train.save_every={steps}", "train.progress=false"],
+                       check=True, capture_output=True)
+        logs = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()][5:]
+    step_ms = float(np.median([64 / r["samples_per_s"] * 1e3 for r in logs]))
+    wait_ms = float(np.median([r["data_ms"] for r in logs]))
+    return {"workers": workers, "step_ms": step_ms, "data_wait_ms": wait_ms, "wait_share": wait_ms / step_ms}
+
+
 def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -141,7 +184,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=4, help="alternations of checks on/off per integrity case")
     parser.add_argument("--out", default="outputs/bench/data_throughput.json")
+    parser.add_argument("--only-loader", action="store_true", help="only the loader-worker rows (own JSON: *_loader.json)")
     args = parser.parse_args()
+    if args.only_loader:
+        ensure_store(args.image_store, task=IMAGE_TASKS, episodes=10, cameras=["corner"], image_size=84)
+        loader, waits = loader_rates(args.image_store, args), [training_wait(args.image_store, w) for w in (0, 2)]
+        print(f"\n{'workers':>7} {'image windows/s':>16}")
+        for r in loader:
+            print(f"{r['workers']:>7} {r['windows_per_s']:>16,.0f}")
+        print(f"\ntraining on images, batch 64: {'workers':>7} {'step ms':>8} {'waiting ms':>11} {'share':>6}")
+        for w in waits:
+            print(f"{'':<31} {w['workers']:>7} {w['step_ms']:>8.1f} {w['data_wait_ms']:>11.2f} {w['wait_share']:>6.1%}")
+        out = Path(args.out.replace(".json", "_loader.json"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"image_store": args.image_store, "loader": loader, "training_wait": waits}, indent=2))
+        print(f"wrote {out}")
+        return
 
     lowdim = ensure_store(args.lowdim_store, task="MT10", episodes=50)
     image = ensure_store(args.image_store, task=IMAGE_TASKS, episodes=10, cameras=["corner"], image_size=84)

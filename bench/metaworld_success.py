@@ -4,9 +4,12 @@ budget, evaluate every task, print the per-task table and write JSON.
     python bench/metaworld_success.py                                # MT10 from state, 50 demos/task
     python bench/metaworld_success.py --obs image --tasks reach,push,drawer-close --steps 4000
     python bench/metaworld_success.py --train train.batch_size=256 policy.denoiser.n_layers=6   # any train override
+    python bench/metaworld_success.py --obs image --tasks reach,push,drawer-close,pick-place \
+        --store outputs/bench/image4/demos.zarr --train policy.image_encoder.tokens=pooled   # the old encoder
 
-State runs read the 39-D state; image runs read one 84x84 camera (corner) plus the 4-D
-proprioception. Stores are reused when present.
+State runs read the 39-D state; image runs read 84x84 cameras (``--cameras``, default corner)
+plus the 4-D proprioception. Stores are reused when present (``--store`` names one to share
+between runs).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ditpolicy.policies.train import Trainer
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--obs", choices=["state", "image"], default="state")
-    parser.add_argument("--tasks", default=None, help="default: MT10 (state), reach,push,drawer-close (image)")
+    parser.add_argument("--tasks", default=None, help="default: MT10 (state), reach,push,drawer-close,pick-place (image)")
     parser.add_argument("--demos", type=int, default=50, help="expert episodes per task")
     parser.add_argument("--steps", type=int, default=20000, help="training steps (the fixed budget)")
     parser.add_argument("--batch", type=int, default=256)
@@ -38,16 +41,18 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default: outputs/bench/metaworld_<obs>")
     parser.add_argument("--train", nargs="*", default=[], help="extra train config overrides")
     parser.add_argument("--reuse", action="store_true", help="evaluate the finished run in --out without training")
+    parser.add_argument("--store", default=None, help="default: <out>/demos.zarr")
+    parser.add_argument("--cameras", default="corner", help="image runs: comma-separated Meta-World cameras")
     args = parser.parse_args()
 
-    tasks = resolve_tasks(args.tasks or ("MT10" if args.obs == "state" else "reach,push,drawer-close"))
+    tasks = resolve_tasks(args.tasks or ("MT10" if args.obs == "state" else "reach,push,drawer-close,pick-place"))
     out = Path(args.out or f"outputs/bench/metaworld_{args.obs}")
-    store_path = out / "demos.zarr"
-    cameras = ["corner"] if args.obs == "image" else []
+    store_path = Path(args.store) if args.store else out / "demos.zarr"
+    cameras = args.cameras.split(",") if args.obs == "image" else []
     if not store_path.exists():
         print(format_reports(collect(tasks, episodes=args.demos, out=str(store_path), cameras=cameras, image_size=84)))
     store = DemoStore.open(store_path)
-    obs_keys = "[rgb_corner,proprio]" if args.obs == "image" else "[state]"
+    obs_keys = f"[{','.join(f'rgb_{c}' for c in cameras)},proprio]" if args.obs == "image" else "[state]"
     cfg = compose("train", [f"dataset.path={store_path}", f"run_dir={out / 'run'}", f"dataset.obs_keys={obs_keys}",
                             f"train.steps={args.steps}", f"train.batch_size={args.batch}",
                             f"train.save_every={max(args.steps // 4, 1)}", *args.train])

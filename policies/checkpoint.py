@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..datasets import Normalizer
 from .denoiser import DENOISERS
-from .legacy import LEGACY_POLICY_TYPE, is_legacy_spec, upgrade_spec, upgrade_state
+from .legacy import LEGACY_POLICY_TYPE, POOLED_IMAGE_ENCODER, is_legacy_spec, upgrade_spec, upgrade_state
 from .policy import DiffusionPolicy
 from .spec import PolicySpec
 
@@ -173,6 +173,7 @@ def read_spec(path: Path) -> tuple[DictConfig, PolicySpec, dict]:
         spec_dict = upgrade_spec(spec_dict)
     elif "type" not in spec_dict:
         spec_dict.setdefault("prefix_delay_max", 0)      # checkpoints from before real-time chunking
+        spec_dict.setdefault("image_encoder", dict(POOLED_IMAGE_ENCODER))   # ... and before spatial tokens
     if "type" in spec_dict:
         raise CheckpointError(path, f"config.yaml describes a {spec_dict['type']!r} policy, not a {POLICY_TYPE!r} policy")
     try:

@@ -64,6 +64,6 @@ class GoalEncoder(nn.Module):
             elif kind == "language":
                 out = self.encoders["language"](x.float() if x.dim() == 3 else x.float()[:, None])
             else:
-                out = encode_frames(self.encoders["image"], x if x.dim() == 5 else x[:, None], augment)
+                out = encode_frames(self.encoders["image"], x if x.dim() == 5 else x[:, None], augment).flatten(1, 2)
             tokens.append(out + self.kind_embedding[kind])
         return torch.cat(tokens, dim=1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 LEGACY_POLICY_TYPE = "dit"
+# checkpoints from before spatial image tokens: one pooled token per camera and step
+POOLED_IMAGE_ENCODER = {"tokens": "pooled", "grid": 3, "keypoints": 16, "shift": 4, "color_jitter": 0.0}
 
 
 def is_legacy_spec(spec: dict) -> bool:
@@ -28,6 +30,7 @@ def upgrade_spec(spec: dict) -> dict:
     spec.setdefault("goal_shapes", {})
     spec.setdefault("loss_weights", {"diffusion": 1.0})
     spec.setdefault("prefix_delay_max", 0)
+    spec.setdefault("image_encoder", dict(POOLED_IMAGE_ENCODER))
     return spec
 
 

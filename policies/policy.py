@@ -25,7 +25,7 @@ from ..datasets import Normalizer
 from . import batch_random
 from .control import ChunkExecutor, ObservationError, check_observation, pad_chunk
 from .denoiser import DENOISERS
-from .encoders import ObservationEncoder, ObsSpec
+from .encoders import ImageTokens, ObservationEncoder, ObsSpec
 from .fast_step import FastStep
 from .goals import GOAL_INPUTS, GoalEncoder
 from .inpainting import inpainted, prefix_weights
@@ -44,7 +44,7 @@ class DiffusionPolicy(nn.Module):
             images={k: tuple(spec.obs_shapes[k]) for k in spec.image_keys},
         )
         widths = tuple(spec.image_widths)
-        self.encoder = ObservationEncoder(obs_spec, spec.n_obs, spec.d_model, widths)
+        self.encoder = ObservationEncoder(obs_spec, spec.n_obs, spec.d_model, widths, ImageTokens(**spec.image_encoder))
         language_dim = int(spec.goal_shapes.get("language", [0])[-1])     # (L,) or (N, L): L
         self.goals = GoalEncoder(spec.goals, spec.d_model, len(spec.tasks), language_dim, widths)
         self.denoiser = DENOISERS.build(spec.denoiser, action_dim=spec.action_dim, horizon=spec.horizon,

@@ -29,6 +29,7 @@ class PolicySpec:
     goals: list[str]                     # goal token kinds (goals.py)
     inference_steps: int                 # default sampler steps; every call may choose its own
     image_widths: list[int]              # per-camera CNN stage widths
+    image_encoder: dict                  # camera tokens and augmentation (encoders.ImageTokens fields)
     loss_weights: dict[str, float]       # weight per named loss term
     prefix_delay_max: int                # training-time real-time chunking: up to this many leading actions given clean (0: off)
     denoiser: dict                       # the denoiser family's section: name (+ module) and options
@@ -74,6 +75,9 @@ class PolicySpec:
                 or not 0 <= self.prefix_delay_max < self.horizon:
             raise ValueError(f"policy.prefix_delay_max must be an integer in [0, horizon={self.horizon}), "
                              f"got {self.prefix_delay_max!r}")
+        from .encoders import ImageTokens
+
+        ImageTokens(**self.image_encoder)           # names the bad key
         if self.n_action_steps > self.horizon:
             raise ValueError(f"policy.n_action_steps={self.n_action_steps} exceeds policy.horizon={self.horizon}")
         for name, weight in self.loss_weights.items():

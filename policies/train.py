@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..datasets import DemoStore, Normalizer, SequenceSampler, compute_stats, split_episodes
+from ..datasets.loader import StepBatches, step_draws, step_loader
 from ..progress import progress_bar
 from ..settings import SettingError, choice, integer, number, positive_int
 from .checkpoint import LATEST, CheckpointError, check_state, load_train_state, point_latest, save_checkpoint
@@ -41,7 +42,8 @@ from .spec import PolicySpec
 
 # settings that configs written before they existed lack (a distillation merges its teacher's)
 TRAIN_DEFAULTS = {"train": {"grad_accum": 1, "distributed": {"strategy": "ddp", "backend": "auto",
-                                                             "find_unused_parameters": False}}}
+                                                             "find_unused_parameters": False}},
+                  "dataset": {"loader": {"workers": 0, "prefetch": 2}}}
 
 
 class TrainingDiverged(ValueError):
@@ -66,6 +68,8 @@ def check_train_settings(cfg: DictConfig) -> None:
     number(cfg, "train.min_lr_ratio", low=0.0, high=1.0)
     number(cfg, "dataset.val_fraction", low=0.0, high=0.99)
     number(cfg, "dataset.image_cache_gb", low=0.0)
+    integer(cfg, "dataset.loader.workers", minimum=0)
+    positive_int(cfg, "dataset.loader.prefetch")
 
 
 def micro_batch_size(cfg: DictConfig, world_size: int) -> int:
@@ -95,8 +99,10 @@ def build_spec(cfg: DictConfig, store: DemoStore) -> PolicySpec:
         [k for k in obs_keys if k in store.image_keys], shapes["action"][0][0], store.tasks)
 
 
-def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in batch.items()}
+def to_torch(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """numpy arrays or (pinned) tensors -> tensors on ``device``."""
+    return {k: (v if torch.is_tensor(v) else torch.from_numpy(np.ascontiguousarray(v))).to(device, non_blocking=True)
+            for k, v in batch.items()}
 
 
 def default_objective(policy: DiffusionPolicy, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -133,8 +139,9 @@ class Trainer:
         stats = self.store.stats or compute_stats(self.store)
         train_mask, val_mask = split_episodes(self.store.n_episodes, float(cfg.dataset.val_fraction), int(t.seed))
         self.spec = build_spec(cfg, self.store)
+        cache_gb = 0.0 if int(cfg.dataset.loader.workers) > 0 else float(cfg.dataset.image_cache_gb)  # workers decode
         sampler_args = dict(obs_keys=self.spec.obs_keys, n_obs=self.spec.n_obs, horizon=self.spec.horizon,
-                            image_cache_bytes=int(float(cfg.dataset.image_cache_gb) * (1 << 30)))
+                            image_cache_bytes=int(cache_gb * (1 << 30)))
         self.train_sampler = SequenceSampler(self.store, episode_mask=train_mask, **sampler_args)
         self.val_sampler = SequenceSampler(self.store, episode_mask=val_mask, **sampler_args) if val_mask.any() else None
         if len(self.train_sampler) == 0:
@@ -156,8 +163,10 @@ class Trainer:
         self.optimizer = make_optimizer(self.policy, float(t.lr), float(t.weight_decay), tuple(t.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(int(t.warmup_steps), int(t.steps), float(t.min_lr_ratio)))
-        self.rng = np.random.default_rng(int(t.seed))
         self.step = 0
+        self._data_wait_ms = 0.0                 # time the last step waited on the loader workers
+        self.loader_workers = int(cfg.dataset.loader.workers)
+        self._sampler_args = dict(sampler_args, episode_mask=train_mask)
         self.autocast = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
         if resumed is not None:
@@ -212,7 +221,6 @@ class Trainer:
         self.ema.updates = int(info["ema_updates"])
         load_optimizer_state(self.model, self.optimizer, info["optimizer"])
         self.scheduler.load_state_dict(info["scheduler"])
-        self.rng.bit_generator.state = info["numpy_rng"]
         torch.set_rng_state(info["torch_rng"])
         self.step = int(info["step"])
         self.say(f"resumed from {latest.resolve().name} at step {self.step}")
@@ -232,7 +240,7 @@ class Trainer:
             return None
         train_state = {
             "step": self.step, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
-            "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.get_rng_state(),
             "ema_updates": self.ema.updates,
         }
         meta = {"step": self.step, "data": {"store": str(self.store.path), "fingerprint": data_fingerprint(self.store),
@@ -264,28 +272,35 @@ class Trainer:
         return policy.eval()
 
     # ------------------------------------------------------------------ loop
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, batch: dict | None = None) -> dict[str, float]:
         """One optimiser step over the global batch: this rank's ``grad_accum`` pieces of it,
-        gradients averaged over all ranks. Returns the logs averaged over the whole batch."""
+        gradients averaged over all ranks. ``batch``: this rank's rows of the step's batch when
+        a loader gathered them (``StepBatches``); gathered here otherwise. Returns the logs
+        averaged over the whole batch, with ``data_ms``, the time spent getting the batch."""
         t = self.cfg.train
         total = int(t.batch_size)
-        rows = self.rng.integers(0, len(self.train_sampler), total)
-        noise_seed = int(self.rng.integers(0, 1 << 62))
+        rows, noise_seed = step_draws(int(t.seed), self.step, len(self.train_sampler), total)
+        mine = self.dist.rank * self.accum * self.micro
+        begin = time.perf_counter()
+        if batch is None:
+            batch = self.train_sampler.sample_batch(rows[mine:mine + self.accum * self.micro])
+        batch = to_torch(batch, self.device)
+        data_ms = (time.perf_counter() - begin) * 1e3 + self._data_wait_ms
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         for j in range(self.accum):
-            start = (self.dist.rank * self.accum + j) * self.micro
-            batch = to_torch(self.train_sampler.sample_batch(rows[start:start + self.micro]), self.device)
+            start = mine + j * self.micro
+            piece = {k: v[j * self.micro:(j + 1) * self.micro] for k, v in batch.items()}
             with gradient_sync(self.model, j == self.accum - 1):
                 with shard_of_batch(noise_seed, start, start + self.micro, total), \
                         torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                    loss, piece = self.model(batch)
-                piece = self.dist.mean(piece)
-                if not np.isfinite(piece["loss"]):
-                    self._diverged(f"loss is {piece['loss']}", rows, piece)
+                    loss, terms = self.model(piece)
+                terms = self.dist.mean(terms)
+                if not np.isfinite(terms["loss"]):
+                    self._diverged(f"loss is {terms['loss']}", rows, terms)
                 self.scaler.scale(loss / self.accum).backward()
-            for k, v in piece.items():
+            for k, v in terms.items():
                 logs[k] = logs.get(k, 0.0) + v / self.accum
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), float(t.grad_clip))
@@ -298,6 +313,7 @@ class Trainer:
         self.ema.update(self.policy)
         self.step += 1
         logs["lr"] = self.scheduler.get_last_lr()[0]
+        logs["data_ms"] = data_ms
         return logs
 
     def _diverged(self, what: str, rows: np.ndarray, logs: dict) -> None:
@@ -369,9 +385,15 @@ class Trainer:
         self.say(f"training {n_params / 1e6:.2f} M parameters on {where}: {len(self.train_sampler)} windows, "
                  f"{total} steps of batch {t.batch_size} ({self.micro} per forward pass) -> {self.run_dir}")
         bar = progress_bar(total=total, initial=self.step, desc="train", unit="step", disable=not (t.progress and main))
+        batches = self._step_batches(total)
         window_start, window_samples = time.perf_counter(), 0
         while self.step < total:
-            logs = self.train_step()
+            batch = None
+            if batches is not None:
+                begin = time.perf_counter()
+                batch = next(batches)
+                self._data_wait_ms = (time.perf_counter() - begin) * 1e3
+            logs = self.train_step(batch)
             window_samples += int(t.batch_size)
             bar.update(1)
             if main and (self.step % int(t.log_every) == 0 or self.step == total):
@@ -394,6 +416,18 @@ class Trainer:
             tb.close()
             metrics.close()
         return self.ckpt_dir / LATEST
+
+    def _step_batches(self, total: int):
+        """Batches of the remaining steps from loader workers, or None to gather in-process."""
+        if self.loader_workers == 0 or self.step >= total:
+            return None
+        size = self.accum * self.micro
+        lo = self.dist.rank * size
+        batches = StepBatches(str(self.cfg.dataset.path), self.cfg.dataset.get("cache_dir"),
+                              {**self._sampler_args, "image_cache_bytes": 0}, int(self.cfg.train.seed),
+                              int(self.cfg.train.batch_size), lo, lo + size)
+        return step_loader(batches, self.step, total, self.loader_workers, int(self.cfg.dataset.loader.prefetch),
+                           pin_memory=self.device.type == "cuda")
 
     def _evaluate_ema(self, validate: bool, roll: bool, bar, tb) -> None:
         """Validation loss and / or rollouts of the EMA weights on rank 0; the others wait."""

@@ -76,12 +76,13 @@ def test_a_missing_remote_store_names_the_url(served, tmp_path):
         DemoStore.open(f"{base}/absent.zarr", cache_dir=tmp_path / "cache")
 
 
-def test_training_reads_its_store_from_a_url(served, tmp_path):
+def test_training_reads_its_store_from_a_url_in_loader_workers(served, tmp_path):
     root, base, _ = served
-    write_reaching_store(root / "demos.zarr", episodes=4, length=20)
+    write_reaching_store(root / "demos.zarr", episodes=4, length=20, image=True)
     out = subprocess.run([sys.executable, "-m", "ditpolicy", "train", f"dataset.path={base}/demos.zarr",
                           f"dataset.cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}", *TINY_POLICY,
-                          "train.steps=3"], capture_output=True, text=True, timeout=300)
+                          "dataset.obs_keys=[state,rgb_cam]", "dataset.loader.workers=1", "train.steps=3"],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "step_0000003" / "model.safetensors").exists()
     assert list((tmp_path / "cache").rglob("c*"))
