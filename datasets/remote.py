@@ -42,7 +42,7 @@ def open_location(path: str, cache_dir: str | Path | None = None):
         fs, root = fsspec.url_to_fs(path)
         record = fs.cat_file(f"{root.rstrip('/')}/zarr.json")
     except (ImportError, ValueError) as exc:
-        raise ValueError(f"store {path}: cannot read {protocol}:// URLs ({exc})") from None
+        raise ValueError(f"cannot read {protocol}:// URLs ({exc})") from None
     except FileNotFoundError:
         return path                                      # zarr names what is missing
     folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / _digest(path.encode()) / _digest(record)
