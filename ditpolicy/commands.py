@@ -69,7 +69,8 @@ def train(cfg: DictConfig) -> int:
 def distill(cfg: DictConfig) -> int:
     from .policies.checkpoint import CheckpointError, load_policy, resolve_checkpoint
     from .policies.distill import ConsistencyDistillation
-    from .policies.train import Trainer, resolve_device
+    from .policies.distributed import resolve_device
+    from .policies.train import Trainer
 
     teacher_dir = resolve_checkpoint(cfg.checkpoint)
     teacher = load_policy(teacher_dir, "cpu", use_ema=True)       # checks every file of the checkpoint

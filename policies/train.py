@@ -32,7 +32,7 @@ from ..progress import progress_bar
 from ..settings import SettingError, choice, integer, number, positive_int
 from .checkpoint import LATEST, CheckpointError, check_state, load_train_state, point_latest, save_checkpoint
 from .batch_random import shard_of_batch
-from .distributed import BACKENDS, Distributed, resolve_device  # noqa: F401  (resolve_device: used by the verbs)
+from .distributed import BACKENDS, Distributed
 from .optim import EMA, make_optimizer, warmup_cosine
 from .parallel_model import (STRATEGIES, ObjectiveModule, full_state, full_tensor, gradient_sync, is_sharded,
                              load_optimizer_state, optimizer_state, shard_like, wrap)
@@ -164,8 +164,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(int(t.warmup_steps), int(t.steps), float(t.min_lr_ratio)))
         self.step = 0
-        self._data_wait_ms = 0.0                 # time the last step waited on the loader workers
-        self.loader_workers = int(cfg.dataset.loader.workers)
         self._sampler_args = dict(sampler_args, episode_mask=train_mask)
         self.autocast = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
@@ -272,11 +270,12 @@ class Trainer:
         return policy.eval()
 
     # ------------------------------------------------------------------ loop
-    def train_step(self, batch: dict | None = None) -> dict[str, float]:
+    def train_step(self, batch: dict | None = None, waited_ms: float = 0.0) -> dict[str, float]:
         """One optimiser step over the global batch: this rank's ``grad_accum`` pieces of it,
         gradients averaged over all ranks. ``batch``: this rank's rows of the step's batch when
-        a loader gathered them (``StepBatches``); gathered here otherwise. Returns the logs
-        averaged over the whole batch, with ``data_ms``, the time spent getting the batch."""
+        a loader gathered them (``StepBatches``, ``waited_ms`` waiting for it); gathered here
+        otherwise. Returns the logs averaged over the whole batch, with ``data_ms``, the time
+        spent getting the batch."""
         t = self.cfg.train
         total = int(t.batch_size)
         rows, noise_seed = step_draws(int(t.seed), self.step, len(self.train_sampler), total)
@@ -285,7 +284,7 @@ class Trainer:
         if batch is None:
             batch = self.train_sampler.sample_batch(rows[mine:mine + self.accum * self.micro])
         batch = to_torch(batch, self.device)
-        data_ms = (time.perf_counter() - begin) * 1e3 + self._data_wait_ms
+        data_ms = (time.perf_counter() - begin) * 1e3 + waited_ms
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
@@ -388,12 +387,12 @@ class Trainer:
         batches = self._step_batches(total)
         window_start, window_samples = time.perf_counter(), 0
         while self.step < total:
-            batch = None
+            batch, waited_ms = None, 0.0
             if batches is not None:
                 begin = time.perf_counter()
                 batch = next(batches)
-                self._data_wait_ms = (time.perf_counter() - begin) * 1e3
-            logs = self.train_step(batch)
+                waited_ms = (time.perf_counter() - begin) * 1e3
+            logs = self.train_step(batch, waited_ms)
             window_samples += int(t.batch_size)
             bar.update(1)
             if main and (self.step % int(t.log_every) == 0 or self.step == total):
@@ -419,14 +418,15 @@ class Trainer:
 
     def _step_batches(self, total: int):
         """Batches of the remaining steps from loader workers, or None to gather in-process."""
-        if self.loader_workers == 0 or self.step >= total:
+        workers = int(self.cfg.dataset.loader.workers)
+        if workers == 0 or self.step >= total:
             return None
         size = self.accum * self.micro
         lo = self.dist.rank * size
         batches = StepBatches(str(self.cfg.dataset.path), self.cfg.dataset.get("cache_dir"),
                               {**self._sampler_args, "image_cache_bytes": 0}, int(self.cfg.train.seed),
                               int(self.cfg.train.batch_size), lo, lo + size)
-        return step_loader(batches, self.step, total, self.loader_workers, int(self.cfg.dataset.loader.prefetch),
+        return step_loader(batches, self.step, total, workers, int(self.cfg.dataset.loader.prefetch),
                            pin_memory=self.device.type == "cuda")
 
     def _evaluate_ema(self, validate: bool, roll: bool, bar, tb) -> None:
