@@ -6,6 +6,7 @@ writes JSON.
     python bench/mode.py                              # MT10, 50 demos/task, 15000 steps x 128
     python bench/mode.py --tasks reach,push,pick-place --steps 3000 --eval-episodes 20
     python bench/mode.py --latency-only               # parameters, FLOPs, latency (untrained weights)
+    python bench/mode.py --device cuda                 # train, evaluate and time on a GPU
 
 Three policies share the data and the step budget: the dense DiT (the default policy), MoDE
 with as many *active* parameters as the DiT, and MoDE with as many *total* parameters; the
@@ -47,9 +48,9 @@ def count_params(policy: DiffusionPolicy) -> tuple[int, int]:
     return total, total - (denoiser.n_experts - denoiser.top_k) * per_expert
 
 
-def build(spec_overrides: list[str], stats, tasks: list[str]) -> DiffusionPolicy:
+def build(spec_overrides: list[str], stats, tasks: list[str], device: str = "cpu") -> DiffusionPolicy:
     spec = PolicySpec.from_config(policy_config(spec_overrides), {"state": [39]}, [], 4, tasks)
-    return DiffusionPolicy(spec, Normalizer.from_stats(stats, spec.normalize)).eval()
+    return DiffusionPolicy(spec, Normalizer.from_stats(stats, spec.normalize)).to(device).eval()
 
 
 def expert_ratio_for(target: int, which: int, stats, tasks) -> float:
@@ -66,7 +67,9 @@ def expert_ratio_for(target: int, which: int, stats, tasks) -> float:
 
 def chunk_flops(policy: DiffusionPolicy, steps: int) -> int:
     """Floating-point operations of one batch-1 chunk (encoder and all denoising steps)."""
-    batch = {"state": torch.zeros(1, policy.spec.n_obs, 39), "task_id": torch.zeros(1, dtype=torch.long)}
+    device = policy.device
+    batch = {"state": torch.zeros(1, policy.spec.n_obs, 39, device=device),
+             "task_id": torch.zeros(1, dtype=torch.long, device=device)}
     policy.predict_action_chunks(batch, steps)          # fills caches, as a running policy has them
     counter = FlopCounterMode(display=False)
     with counter:
@@ -91,6 +94,24 @@ def latency_rows(name: str, policy: DiffusionPolicy, steps: int, calls: int) -> 
     return rows
 
 
+def train_and_evaluate(name: str, extra: list[str], store_path: Path, tasks: list[str], args) -> dict:
+    """Train one policy on the shared store and budget, evaluate it; its success entries."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    cfg = compose("train", [f"dataset.path={store_path}", f"run_dir={out / name}", f"train.steps={args.steps}",
+                            f"train.batch_size={args.batch}", f"train.save_every={args.steps}", "train.val_every=0",
+                            f"train.device={args.device}", *extra])
+    start = time.perf_counter()
+    Trainer(cfg).run()
+    minutes = (time.perf_counter() - start) / 60
+    trained = Policy.from_checkpoint(out / name, device=args.device)
+    result = evaluate(trained, tasks, episodes=args.eval_episodes, num_envs=10, steps=args.sampler_steps,
+                      progress=False)
+    trained.denoiser.write_diagnostics(out / name)
+    return {"train_minutes": minutes, "mean_success": result.mean_success,
+            "success": {t.task: t.success_rate for t in result.tasks}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="MT10")
@@ -102,6 +123,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="timed batch-1 chunk predictions per setting")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: training, evaluation and latency")
     parser.add_argument("--out", default="outputs/bench/mode")
     args = parser.parse_args()
 
@@ -123,7 +145,7 @@ def main() -> None:
 
     results, latency = {}, []
     for name, extra in overrides.items():
-        policy = build(extra, stats, tasks)
+        policy = build(extra, stats, tasks, args.device)
         total, active = count_params(policy)
         row = {"policy": EQUAL[name], "overrides": extra, "params_total": total, "params_active": active,
                "flops_per_chunk": chunk_flops(policy, args.sampler_steps)}
@@ -132,22 +154,12 @@ def main() -> None:
             row["flops_per_chunk_uncached"] = chunk_flops(policy, args.sampler_steps)
             policy.denoiser.cache = True
         if not args.latency_only:
-            cfg = compose("train", [f"dataset.path={store_path}", f"run_dir={out / name}", f"train.steps={args.steps}",
-                                    f"train.batch_size={args.batch}", f"train.save_every={args.steps}",
-                                    "train.val_every=0", *extra])
-            start = time.perf_counter()
-            Trainer(cfg).run()
-            row["train_minutes"] = (time.perf_counter() - start) / 60
-            trained = Policy.from_checkpoint(out / name, device="cpu")
-            result = evaluate(trained, tasks, episodes=args.eval_episodes, num_envs=10, steps=args.sampler_steps,
-                              progress=False)
-            row.update(mean_success=result.mean_success,
-                       success={t.task: t.success_rate for t in result.tasks})
-            trained.denoiser.write_diagnostics(out / name)
+            row.update(train_and_evaluate(name, extra, store_path, tasks, args))
         results[name] = row
         latency += latency_rows(EQUAL[name], policy, args.sampler_steps, args.calls)
 
-    print(f"\nMoDE vs dense DiT: {len(tasks)} tasks, {args.sampler_steps} sampler steps, {args.threads} CPU threads")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU threads"
+    print(f"\nMoDE vs dense DiT: {len(tasks)} tasks, {args.sampler_steps} sampler steps, {where}")
     print(f"{'policy':<22} {'total':>9} {'active':>9} {'MFLOP/chunk':>12} {'success':>8} {'train min':>9}")
     for row in results.values():
         print(f"{row['policy']:<22} {row['params_total']:>9,} {row['params_active']:>9,} "

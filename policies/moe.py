@@ -228,7 +228,7 @@ class MoDEDenoiser(Denoiser):
                 usage.append(F.one_hot(idx, self.n_experts).float().sum(dim=1).reshape(b, -1, self.n_experts)
                              .mean(dim=1) / self.top_k)                  # (B, E): share of choices
             if per_sample:                                              # a sample's route serves all its tokens
-                idx, gates = idx.repeat_interleave(1 + h, dim=0), gates.repeat_interleave(1 + h, dim=0)
+                idx, gates = (v[:, None].expand(-1, 1 + h, -1).reshape(-1, self.top_k) for v in (idx, gates))
             x = x + block.experts.mix(rows, idx, gates).reshape(x.shape)
         prediction = self.action_out(self.final_norm(x[:, 1:]))
         if not self.training:
