@@ -84,16 +84,19 @@ class DiTBlock(nn.Module):
 
 @DENOISERS.register("dit")
 class DiTDenoiser(Denoiser):
-    """(x_t (B, H, A), t (B,) or (B, H), prepared condition) -> prediction (B, H, A).
+    """(x_t (B, H, A), t (B,) or (B, H), prepared condition) -> prediction (B, H, A), or with
+    ``heads=("score",)`` a dict of the prediction and a score (B,) per chunk.
 
     ``prepare`` returns ``{"pooled": (B, D), "kv": [(k, v) per block]}`` with k, v of shape
     (B, heads, N_cond, D / heads)."""
 
     def __init__(self, action_dim: int, horizon: int, d_model: int, n_layers: int, n_heads: int,
-                 mlp_ratio: float, dropout: float):
+                 mlp_ratio: float, dropout: float, heads: tuple[str, ...] = ()):
         super().__init__(action_dim, horizon, d_model)
         if d_model % n_heads:
             raise ValueError(f"policy.d_model={d_model} is not divisible by policy.denoiser.n_heads={n_heads}")
+        if set(heads) - {"score"}:
+            raise ValueError(f"the dit denoiser has no head(s) {sorted(set(heads) - {'score'})}; it offers: score")
         d = d_model
         self.action_in = nn.Linear(action_dim, d)
         self.position = nn.Parameter(torch.zeros(1, horizon, d))
@@ -103,6 +106,7 @@ class DiTDenoiser(Denoiser):
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.action_out = nn.Linear(d, action_dim)
+        self.score_out = nn.Linear(d, 1) if "score" in heads else None      # one score per chunk (anchors)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -133,4 +137,7 @@ class DiTDenoiser(Denoiser):
         for block, kv in zip(self.blocks, prepared["kv"]):
             x = block(x, c, kv)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
-        return self.action_out(modulate(self.final_norm(x), shift, scale))
+        x = modulate(self.final_norm(x), shift, scale)
+        if self.score_out is None:
+            return self.action_out(x)
+        return {"prediction": self.action_out(x), "score": self.score_out(x.mean(dim=1)).squeeze(-1)}

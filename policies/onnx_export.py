@@ -193,6 +193,10 @@ def export_onnx(policy, out_dir: str | Path, batch_size: int | None = 1, quantiz
     ``checkpoint``: where the weights came from, recorded in export.json."""
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    if policy.process.fan_out > 1:
+        raise ValueError(f"policy/process={policy.process.name} runs {policy.process.fan_out} chains per sample "
+                         f"and keeps anchors beside the weights; ONNX export supports one chain per sample "
+                         f"(flow, ddpm)")
     if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None (dynamic), got {batch_size!r}")
     out = Path(out_dir)

@@ -15,10 +15,12 @@ kinds (``task_id`` (B,), ...) and, in training, ``action`` (B, H, A).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from ..datasets import Normalizer
@@ -26,7 +28,7 @@ from . import batch_random
 from .control import ChunkExecutor, ObservationError, check_observation, pad_chunk
 from .denoiser import DENOISERS
 from .encoders import ImageTokens, ObservationEncoder, ObsSpec
-from .fast_step import FastStep
+from .fast_step import FastStep, FlatPrepared
 from .goals import GOAL_INPUTS, GoalEncoder
 from .inpainting import inpainted, prefix_weights
 from .processes import make_process
@@ -47,9 +49,20 @@ class DiffusionPolicy(nn.Module):
         self.encoder = ObservationEncoder(obs_spec, spec.n_obs, spec.d_model, widths, ImageTokens(**spec.image_encoder))
         language_dim = int(spec.goal_shapes.get("language", [0])[-1])     # (L,) or (N, L): L
         self.goals = GoalEncoder(spec.goals, spec.d_model, len(spec.tasks), language_dim, widths)
-        self.denoiser = DENOISERS.build(spec.denoiser, action_dim=spec.action_dim, horizon=spec.horizon,
-                                        d_model=spec.d_model)
         self.process = make_process(spec.process)
+        self.process_state = self.process.make_state(spec.horizon, spec.action_dim)    # saved with the weights
+        if self.process.fan_out > 1 and spec.prefix_delay_max:
+            raise ValueError(f"policy.prefix_delay_max={spec.prefix_delay_max} needs one denoising chain per "
+                             f"sample; policy/process={self.process.name} runs {self.process.fan_out}")
+        family = DENOISERS.get(spec.denoiser["name"], spec.denoiser.get("module"))
+        takes_heads = "heads" in inspect.signature(family.__init__).parameters     # extra outputs, set here
+        heads = {"heads": tuple(self.process.heads)} if takes_heads else {}
+        if self.process.heads and not takes_heads:
+            raise ValueError(f"policy/process={self.process.name} needs a denoiser with the head(s) "
+                             f"{list(self.process.heads)}; policy/denoiser={spec.denoiser['name']} has none "
+                             f"(policy/denoiser=dit has them)")
+        self.denoiser = DENOISERS.build(spec.denoiser, action_dim=spec.action_dim, horizon=spec.horizon,
+                                        d_model=spec.d_model, **heads)
         self.loss_weights = {**spec.loss_weights, **spec.denoiser.get("loss_weights", {}),
                              **spec.process.get("loss_weights", {})}
         self.fast_step = FastStep(self.denoiser, "eager")
@@ -96,7 +109,7 @@ class DiffusionPolicy(nn.Module):
         Returns the weighted sum of the named loss terms of the process (``diffusion``, ...)
         and of the denoiser (e.g. ``load_balance``), and a log with each term and ``loss``."""
         actions = self.normalizer.normalize(self.spec.action_key, batch[self.spec.action_key].float())
-        prepared = self.denoiser.prepare(self.condition(batch, augment=self.training))
+        prepared = self.fan_out(self.denoiser.prepare(self.condition(batch, augment=self.training)))
         t, mask = self.training_levels(actions)
         x_t, t, target = self.process.training_pair(actions, t)
         out = self.denoiser(x_t, t, prepared)
@@ -163,12 +176,28 @@ class DiffusionPolicy(nn.Module):
         if init is not None:
             x0 = self.normalizer.normalize(self.spec.action_key, init.to(self.device).float())
             x = self.process.add_noise(x0, start_levels(t_start, x0), x)
+        if self.process.fan_out > 1:
+            if init is not None or (prefix is not None and prefix.shape[1] > 0):
+                raise ValueError(f"policy/process={self.process.name} samples from its own start (one chain per "
+                                 f"anchor): warm starts (init) and real-time chunking (prefix) are not supported")
+            x, t_start = self.process.initial(x, t_start)
+            prepared = self.fan_out(prepared)
         fn = self.fast_step.bind(prepared)
         if prefix is not None and prefix.shape[1] > 0:
             x, t_start, fn = self._with_prefix(x, t_start, fn, prefix, delay, rtc, decay)
         actions, heads = self.process.sample(fn, x, t_start, steps or self.spec.inference_steps)
         actions = self.normalizer.unnormalize(self.spec.action_key, actions)
         return (actions, heads) if return_heads else actions
+
+    def fan_out(self, prepared):
+        """The prepared condition with each sample repeated for the process's chains (B * K, ...)."""
+        k = self.process.fan_out
+        if k == 1:
+            return prepared
+        if isinstance(prepared, FlatPrepared):
+            leaves = tuple(v.repeat_interleave(k, dim=0) for v in prepared.leaves)
+            return FlatPrepared(leaves, prepared.spec, (prepared.key[0], *(tuple(v.shape) for v in leaves)))
+        return pytree.tree_map(lambda v: v.repeat_interleave(k, dim=0), prepared)
 
     def _with_prefix(self, x, t_start, fn, prefix, delay: int, rtc: str, decay: str):
         """Sampler start, levels and step function that honour a committed prefix (B, P, A)."""

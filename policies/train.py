@@ -153,6 +153,8 @@ class Trainer:
         resumed = self._read_resume() if cfg.resume else None
         if resumed is not None:
             self.policy.load_state_dict(resumed[0])
+        elif init_from is None and self.policy.process_state is not None:
+            self._fit_process(train_mask)
         # FSDP keeps shards only; rank 0 loads the gathered weights into this copy to save and validate
         fsdp = self.dist.active and dist_cfg.strategy == "fsdp"
         self.replica = copy.deepcopy(self.policy) if fsdp and self.dist.is_main else None
@@ -178,6 +180,19 @@ class Trainer:
         if precision in ("auto", "bf16"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float16
+
+    def _fit_process(self, train_mask: np.ndarray) -> None:
+        """The process's state (anchors) from a seeded subset of the training chunks, the same
+        on every rank."""
+        process, spec = self.policy.process, self.spec
+        sampler = SequenceSampler(self.store, obs_keys=[], n_obs=spec.n_obs, horizon=spec.horizon,
+                                  episode_mask=train_mask)
+        rng = np.random.default_rng(int(self.cfg.train.seed))
+        count = min(len(sampler), int(getattr(process, "fit_chunks", len(sampler))))
+        rows = np.sort(rng.choice(len(sampler), size=count, replace=False))
+        actions = torch.as_tensor(sampler.sample_batch(rows)[spec.action_key], dtype=torch.float32)
+        process.fit(self.policy.normalizer.normalize(spec.action_key, actions), int(self.cfg.train.seed))
+        self.say(f"{process.name}: fitted from {count} training chunks")
 
     def _init_weights(self, source: str | Path | DiffusionPolicy) -> None:
         """Start from a checkpoint's EMA weights, or from an already loaded policy's."""

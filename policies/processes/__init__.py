@@ -1,6 +1,7 @@
 """Denoising processes behind one contract (see base.py), found by name in ``PROCESSES``."""
 
 from .base import PROCESSES, DenoisingProcess, expand_levels
+from .anchored import AnchoredProcess
 from .ddpm import DDPMProcess
 from .flow import FlowMatchingProcess
 
@@ -10,4 +11,5 @@ def make_process(section: dict) -> DenoisingProcess:
     return PROCESSES.build(section)
 
 
-__all__ = ["DDPMProcess", "DenoisingProcess", "FlowMatchingProcess", "PROCESSES", "expand_levels", "make_process"]
+__all__ = ["AnchoredProcess", "DDPMProcess", "DenoisingProcess", "FlowMatchingProcess", "PROCESSES", "expand_levels",
+           "make_process"]

@@ -14,6 +14,12 @@ levels; a token at level 0 is held fixed by the sampler.
 noised to a lower level with ``add_noise`` (warm start from the previous chunk, anchors).
 The observation conditioning is bound into ``fn`` by the caller, so it is computed once per
 chunk, not once per step. The step count is an argument of ``sample``, chosen at inference.
+
+A process may run several denoising chains per sample (``fan_out``, e.g. one per anchor):
+then ``training_pair`` and ``initial`` return (B * fan_out, ...) inputs, the caller repeats
+each sample's condition ``fan_out`` times, and ``sample`` returns one result per sample. It
+may read extra denoiser outputs (``heads``, e.g. a per-chain score) and keep tensors in the
+checkpoint (``make_state``: a module the policy registers), set by ``fit`` before training.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch import nn
 
 from .. import batch_random
 from ..denoiser import DenoiserOutput, heads_of, prediction_of
@@ -53,6 +60,21 @@ class DenoisingProcess:
     """Shared parts of the processes; subclasses define the path, the target and the solver."""
 
     name: str
+    fan_out: int = 1                     # denoising chains per sample
+    heads: tuple[str, ...] = ()          # extra denoiser outputs the process reads
+
+    def make_state(self, horizon: int, action_dim: int) -> nn.Module | None:
+        """Tensors the process keeps with the policy's weights (the policy registers the module);
+        None: none."""
+        return None
+
+    def fit(self, chunks: torch.Tensor, seed: int) -> None:
+        """Set the state from normalised training chunks (N, H, A) before training; default: none."""
+
+    def initial(self, noise: torch.Tensor, t_start: float | torch.Tensor = 1.0
+                ) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """The sampler's start from noise (B, H, A): (x_init (B * fan_out, H, A), t_start)."""
+        return noise, t_start
 
     def draw_levels(self, shape: tuple[int, ...], device, dtype, generator=None) -> torch.Tensor:
         """Training noise levels in (0, 1] of the given shape, (B,) or (B, H)."""

@@ -1,4 +1,5 @@
-"""DDPM training on a cosine (squaredcos_cap_v2) schedule, DDIM sampling (``policy/process=ddpm``).
+"""DDPM training on a cosine (squaredcos_cap_v2) or scaled-linear schedule, DDIM sampling
+(``policy/process=ddpm``).
 
 Training draws an integer step k in [0, T) and noises x0 as
 ``x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps``; the network sees t = (k + 1) / T and
@@ -18,6 +19,7 @@ from .. import batch_random
 from .base import PROCESSES, DenoisingProcess, expand_levels, heads_of, prediction_of, start_levels
 
 PREDICTIONS = ("epsilon", "sample")
+SCHEDULES = ("cosine", "scaled_linear")
 
 
 def cosine_alphas_cumprod(num_steps: int, max_beta: float = 0.999) -> torch.Tensor:
@@ -29,11 +31,20 @@ def cosine_alphas_cumprod(num_steps: int, max_beta: float = 0.999) -> torch.Tens
     return torch.cumprod(1.0 - torch.tensor(betas, dtype=torch.float64), 0)
 
 
+def scaled_linear_alphas_cumprod(num_steps: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """abar_k for k = 0..T-1 of the scaled-linear schedule (betas linear in sqrt, Stable Diffusion's)."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, 0)
+
+
 @PROCESSES.register("ddpm")
 class DDPMProcess(DenoisingProcess):
     name = "ddpm"
 
-    def __init__(self, num_train_steps: int, prediction: str, eta: float, clip_sample: float):
+    def __init__(self, num_train_steps: int, prediction: str, eta: float, clip_sample: float,
+                 beta_schedule: str = "cosine"):
+        if beta_schedule not in SCHEDULES:
+            raise ValueError(f"policy.process.beta_schedule must be one of {SCHEDULES}, got {beta_schedule!r}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"policy.process.prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if int(num_train_steps) < 1:
@@ -42,7 +53,8 @@ class DDPMProcess(DenoisingProcess):
         self.prediction = prediction
         self.eta = float(eta)
         self.clip_sample = float(clip_sample)
-        self.alphas_cumprod = cosine_alphas_cumprod(self.num_train_steps)
+        self.alphas_cumprod = (cosine_alphas_cumprod if beta_schedule == "cosine"
+                               else scaled_linear_alphas_cumprod)(self.num_train_steps)
         # abar by level index j = round(t * T): j = 0 is clean, j = k + 1 is training step k
         self.abar_table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
 
