@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ditpolicy.config import compose
-from ditpolicy.envs.collect import collect, format_reports
+from ditpolicy.envs.collect import complete_store
 from ditpolicy.envs.metaworld_tasks import resolve_tasks
 from ditpolicy.envs.rollout import evaluate
 from ditpolicy.policies import Policy
@@ -48,9 +48,7 @@ def main() -> None:
     tasks = resolve_tasks(args.tasks)
     out = Path(args.out)
     store = out / "demos.zarr"
-    reports = collect(tasks, episodes=args.demos, out=str(store), progress=False)
-    if any(r.kept for r in reports):
-        print(format_reports(reports))
+    complete_store(tasks, args.demos, store, progress=False)
     rows = []
     for name, extra in PROCESSES.items():
         run = out / name

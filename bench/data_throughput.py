@@ -27,16 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from ditpolicy.datasets import DemoStore, EpisodeWriter, SequenceSampler
-from ditpolicy.envs.collect import collect, format_reports
+from ditpolicy.envs.collect import complete_store
 
 IMAGE_TASKS = ["reach-v3", "push-v3", "drawer-close-v3"]
 
 
-def ensure_store(path: str, **collect_args) -> DemoStore:
+def ensure_store(path: str, task, episodes: int, **collect_args) -> DemoStore:
     """The store at ``path``, collected or completed (collect continues a partial store)."""
-    reports = collect(out=path, progress=False, **collect_args)
-    if any(r.kept for r in reports):
-        print(f"collected {path}:\n{format_reports(reports)}")
+    complete_store(task, episodes, path, progress=False, **collect_args)
     return DemoStore.open(path)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ditpolicy.config import compose
 from ditpolicy.datasets import DemoStore
-from ditpolicy.envs.collect import collect, format_reports
+from ditpolicy.envs.collect import complete_store
 from ditpolicy.envs.metaworld_tasks import resolve_tasks
 from ditpolicy.envs.rollout import evaluate, plot_success
 from ditpolicy.policies import Policy
@@ -62,9 +62,7 @@ def main() -> None:
     out = Path(args.out or f"outputs/bench/metaworld_{args.obs}")
     store_path = Path(args.store) if args.store else out / "demos.zarr"
     cameras = args.cameras.split(",") if args.obs == "image" else []
-    reports = collect(tasks, episodes=args.demos, out=str(store_path), cameras=cameras, image_size=args.image_size)
-    if any(r.kept for r in reports):        # a store already complete is used as it is
-        print(format_reports(reports))
+    complete_store(tasks, args.demos, store_path, cameras=cameras, image_size=args.image_size)
     store = DemoStore.open(store_path)
     obs_keys = f"[{','.join(f'rgb_{c}' for c in cameras)},proprio]" if args.obs == "image" else "[state]"
     cfg = compose("train", [f"dataset.path={store_path}", f"run_dir={out / 'run'}", f"dataset.obs_keys={obs_keys}",

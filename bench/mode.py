@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ditpolicy.config import compose, policy_config
 from ditpolicy.datasets import DemoStore, Normalizer, compute_stats
-from ditpolicy.envs.collect import collect, format_reports
+from ditpolicy.envs.collect import complete_store
 from ditpolicy.envs.metaworld_tasks import resolve_tasks
 from ditpolicy.envs.rollout import evaluate
 from ditpolicy.policies import DiffusionPolicy, MoDEDenoiser, Policy, PolicySpec
@@ -131,9 +131,7 @@ def main() -> None:
     tasks = resolve_tasks(args.tasks)
     out = Path(args.out)
     store_path = out / "demos.zarr"
-    reports = collect(tasks, episodes=args.demos, out=str(store_path), progress=False)
-    if any(r.kept for r in reports):
-        print(format_reports(reports))
+    complete_store(tasks, args.demos, store_path, progress=False)
     store = DemoStore.open(store_path)
     stats = store.stats or compute_stats(store)
 

@@ -4,6 +4,7 @@ episodes to a zarr demonstration store, continuing a store that already holds so
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -148,6 +149,15 @@ def collect(
             env.close()
         bar.close()
         refresh_stats(writer)
+    return reports
+
+
+def complete_store(task: str | list[str], episodes: int, out: str | Path, **options) -> list[TaskReport]:
+    """``collect`` for scripts that reuse a store: brings it to ``episodes`` per task and prints
+    the report table only when episodes were added."""
+    reports = collect(task, episodes=episodes, out=str(out), **options)
+    if any(r.kept for r in reports):
+        print(format_reports(reports))
     return reports
 
 

@@ -50,6 +50,8 @@ def test_the_sampler_visits_exactly_the_truncated_schedule():
         assert [row[0] * 1000 for row in seen] == pytest.approx(expected)        # steps k = level * T - 1
         assert all(len(set(row)) == 1 for row in seen)                          # every anchor at one level
         assert process.levels(steps) == pytest.approx([j / 1000 for j in expected])
+    assert float(process.alphas_cumprod[0]) == pytest.approx(1 - 0.00085)        # scaled-linear betas
+    assert float(process.alphas_cumprod[-1]) == pytest.approx(0.00466, abs=1e-5)
     levels = process.draw_levels((4000,), "cpu", torch.float32)
     assert levels.min() == pytest.approx(1 / 1000) and levels.max() == pytest.approx(50 / 1000)
 
