@@ -4,6 +4,10 @@ writes JSON.
 
     python bench/anchored.py                                  # reach, push, pick-place; 50 demos/task
     python bench/anchored.py --steps 5000 --batch 256 --threads 2
+    python bench/anchored.py --anchors 8 --steps 2000 --batch 64    # a CPU budget
+
+An anchored training step denoises K chains per sample, so it costs about K times a flow step
+in the denoiser.
 
 Both policies share the store, the backbone and the training budget; only the process
 differs (``policy/process=flow`` vs ``policy/process=anchored``). Run it alone.
@@ -27,7 +31,6 @@ from ditpolicy.policies import Policy
 from ditpolicy.policies.latency import measure_chunk_latency
 from ditpolicy.policies.train import Trainer
 
-PROCESSES = {"flow": [], "anchored": ["policy/process=anchored"]}
 
 
 def main() -> None:
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="timed batch-1 chunks per setting")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="outputs/bench/anchored")
+    parser.add_argument("--anchors", type=int, default=20, help="K: every training sample runs K chains")
     parser.add_argument("--train", nargs="*", default=[], help="extra train overrides for both policies")
     args = parser.parse_args()
 
@@ -50,7 +54,8 @@ def main() -> None:
     store = out / "demos.zarr"
     complete_store(tasks, args.demos, store, progress=False)
     rows = []
-    for name, extra in PROCESSES.items():
+    processes = {"flow": [], "anchored": ["policy/process=anchored", f"policy.process.n_anchors={args.anchors}"]}
+    for name, extra in processes.items():
         run = out / name
         if not (run / "checkpoints" / "latest").exists():
             cfg = compose("train", [f"dataset.path={store}", f"run_dir={run}", f"train.steps={args.steps}",

@@ -13,8 +13,10 @@ from .settings import SettingError, choice, flag, integer, number, positive_int
 
 
 def collect(cfg: DictConfig) -> int:
+    if cfg.env.name == "driving":
+        return collect_driving(cfg)
     if cfg.env.name != "metaworld":
-        raise ValueError(f"env={cfg.env.name!r}: collection supports env=metaworld")
+        raise ValueError(f"env={cfg.env.name!r}: collection supports env=metaworld and env=driving")
     args = dict(
         episodes=positive_int(cfg, "episodes"), seed=integer(cfg, "seed", 0),
         image_size=positive_int(cfg, "env.image_size"), max_episode_steps=positive_int(cfg, "env.max_episode_steps"),
@@ -33,6 +35,25 @@ def collect(cfg: DictConfig) -> int:
     had, kept = sum(r.existing for r in reports), sum(r.kept for r in reports)
     if had:
         print(f"continued {cfg.out}: it held {had} successful episodes of these tasks, this run kept {kept}")
+    print(f"wrote {cfg.out}")
+    return 0
+
+
+def collect_driving(cfg: DictConfig) -> int:
+    """Expert demonstrations of highway-env's IDM/MOBIL driver (envs/driving/expert.py)."""
+    try:
+        from .envs.driving.expert import collect_driving as run_collect
+    except ImportError as exc:
+        raise SettingError(f"env=driving needs highway-env: pip install -e '.[driving]' ({exc})") from None
+    env = cfg.env
+    report = run_collect(task=str(cfg.task), episodes=positive_int(cfg, "episodes"), out=cfg.out,
+                         seed=integer(cfg, "seed", 0), overwrite=flag(cfg, "overwrite"),
+                         wait=number(cfg, "wait", low=0.0), lanes=positive_int(cfg, "env.lanes"),
+                         vehicles=integer(cfg, "env.vehicles", 0), density=number(cfg, "env.density", above=0.0),
+                         duration_s=number(cfg, "env.duration_s", above=0.0),
+                         expert_speed=number(cfg, "env.expert_speed", above=0.0))
+    print(f"{cfg.task}: kept {report['kept']} of {report['tries']} expert episodes ({report['collisions']} ended "
+          f"in a collision), {report['steps']} plans; the store holds {report['total']} episodes of it")
     print(f"wrote {cfg.out}")
     return 0
 
