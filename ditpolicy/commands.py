@@ -174,11 +174,46 @@ def run_eval(cfg: DictConfig):
     rank 0 writes the merged result, the same per episode as one process writes."""
     from .policies.distributed import Distributed
 
+    if cfg.env.name == "driving":
+        return run_driving_eval(cfg)
     dist = Distributed.from_env(str(cfg.device))
     try:
         return _run_eval(cfg, dist)
     finally:
         dist.close()
+
+
+def run_driving_eval(cfg: DictConfig):
+    """A trained planner and the IDM/MOBIL expert on ``episodes`` held-out highway seeds:
+    result.json (summaries and per-episode scores), bird's-eye mp4s, the score table."""
+    try:
+        from .envs.driving.evaluate import EVAL_SEED, evaluate_driving, format_table
+    except ImportError as exc:
+        raise SettingError(f"env=driving needs highway-env: pip install -e '.[driving]' ({exc})") from None
+    from .policies import Policy
+    from .policies.distributed import resolve_device
+
+    episodes, videos, seed = positive_int(cfg, "episodes"), integer(cfg, "videos", 0), integer(cfg, "seed")
+    steps = None if cfg.steps is None else positive_int(cfg, "steps")
+    policy = Policy.from_checkpoint(cfg.checkpoint, device=resolve_device(str(cfg.device)))
+    if policy.spec.action_dim != 16 or policy.spec.horizon != 1:
+        raise SettingError(f"{cfg.checkpoint}: a driving planner predicts one 16-number plan (horizon 1, action "
+                           f"16); this policy predicts ({policy.spec.horizon}, {policy.spec.action_dim})")
+    ckpt = Path(cfg.checkpoint)
+    out = Path(cfg.out) if cfg.out else (ckpt if (ckpt / "checkpoints").exists() else ckpt.resolve().parent.parent) / "eval"
+    env = cfg.env
+    result = evaluate_driving(policy, episodes, steps, seed=EVAL_SEED + seed, video_dir=out / "videos", videos=videos,
+                              lanes=positive_int(cfg, "env.lanes"), vehicles=integer(cfg, "env.vehicles", 0),
+                              density=number(cfg, "env.density", above=0.0),
+                              duration_s=number(cfg, "env.duration_s", above=0.0),
+                              expert_speed=number(cfg, "env.expert_speed", above=0.0))
+    result.update(checkpoint=str(ckpt.resolve()), sampler_steps=steps or policy.spec.inference_steps)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(format_table({f"planner ({result['sampler_steps']} steps)": result["planner"],
+                        "IDM/MOBIL expert": result["expert"]}))
+    print(f"results: {out / 'result.json'}")
+    return result, out
 
 
 def _run_eval(cfg: DictConfig, dist):

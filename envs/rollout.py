@@ -28,6 +28,7 @@ import numpy as np
 from ..policies.control import ChunkExecutor
 from ..progress import progress_bar
 from .metaworld_env import MetaWorldEnv
+from .video import write_video
 
 EVAL_SEED_BASE = 1_000_000_007  # far from every collection seed
 
@@ -167,17 +168,10 @@ def run_task(policy, task: str, task_index: int, episodes: list[int], max_episod
             bar.set_postfix(task=task, success=f"{result.success_rate:.2f}", refresh=False)
         if record and frames:
             path = video_dir / f"{task}_ep{ids[0]:03d}_{'success' if success[0] else 'fail'}.mp4"
-            _write_video(path, frames)
+            write_video(path, frames)
             videos.append(str(path))
     envs.close()
     return result, videos
-
-
-def _write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> None:
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(str(path), frames, fps=fps, macro_block_size=8)
 
 
 def evaluate(policy, tasks: list[str], episodes: int = 50, num_envs: int = 10, max_episode_steps: int = 500,

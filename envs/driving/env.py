@@ -52,6 +52,7 @@ class DrivingEnv(gym.Env):
         self.action_space = gym.spaces.Box(-np.inf, np.inf, (PLAN_DIM,), np.float32)
         self.follower = PlanFollower(max_acceleration=MAX_ACCELERATION, max_steering=MAX_STEERING)
         self.trace: list[np.ndarray] = []        # ego (x, y, heading, speed) at every simulator step
+        self.safety: list[tuple[float, bool]] = []   # (time to collision with the car ahead, on road) per step
 
     @property
     def road(self):
@@ -69,8 +70,21 @@ class DrivingEnv(gym.Env):
         self._env.reset(seed=seed)
         if self.expert:
             self._become_expert()
-        self.trace = [self.pose()]
+        self.trace, self.safety = [self.pose()], [self.safety_now()]
         return self._observation(), {}
+
+    def safety_now(self) -> tuple[float, bool]:
+        """(time to collision with the car ahead in the ego's lane, s (inf when not closing), on road)."""
+        ego = self.ego
+        front, _ = self.road.neighbour_vehicles(ego, ego.lane_index)
+        ttc = np.inf
+        if front is not None:
+            lane = self.road.network.get_lane(ego.lane_index)
+            gap = lane.local_coordinates(front.position)[0] - lane.local_coordinates(ego.position)[0] \
+                - (front.LENGTH + ego.LENGTH) / 2
+            closing = ego.speed - front.speed
+            ttc = max(gap, 0.0) / closing if closing > 0 else np.inf
+        return float(ttc), bool(ego.on_road)
 
     def _become_expert(self) -> None:
         """Swap the ego car for an IDM/MOBIL vehicle in the same place, aiming at expert_speed."""
@@ -98,6 +112,7 @@ class DrivingEnv(gym.Env):
             _, r, terminated, truncated, info = self._env.step(command)
             reward += float(r)
             self.trace.append(self.pose())
+            self.safety.append(self.safety_now())
             if terminated or truncated:
                 break
         info = {"crashed": bool(self.ego.crashed), "on_road": bool(self.ego.on_road), "speed": float(self.ego.speed)}
