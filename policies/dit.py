@@ -87,12 +87,19 @@ class DiTDenoiser(Denoiser):
     """(x_t (B, H, A), t (B,) or (B, H), prepared condition) -> prediction (B, H, A), or with
     ``heads=("score",)`` a dict of the prediction and a score (B,) per chunk.
 
+    ``cascade`` > 1 runs the blocks that many times with shared weights (DiffusionDrive's
+    cascade decoder): each later pass reads the current estimate back into the action tokens
+    and adds a correction to it.
+
     ``prepare`` returns ``{"pooled": (B, D), "kv": [(k, v) per block]}`` with k, v of shape
     (B, heads, N_cond, D / heads)."""
 
     def __init__(self, action_dim: int, horizon: int, d_model: int, n_layers: int, n_heads: int,
-                 mlp_ratio: float, dropout: float, heads: tuple[str, ...] = ()):
+                 mlp_ratio: float, dropout: float, cascade: int = 1, heads: tuple[str, ...] = ()):
         super().__init__(action_dim, horizon, d_model)
+        if int(cascade) < 1:
+            raise ValueError(f"policy.denoiser.cascade must be >= 1, got {cascade}")
+        self.cascade = int(cascade)
         if d_model % n_heads:
             raise ValueError(f"policy.d_model={d_model} is not divisible by policy.denoiser.n_heads={n_heads}")
         if set(heads) - {"score"}:
@@ -134,10 +141,15 @@ class DiTDenoiser(Denoiser):
         c = self.time_mlp(timestep_embedding(t, self.d_model))          # (B, D) or (B, H, D)
         c = c + (prepared["pooled"] if c.dim() == 2 else prepared["pooled"][:, None])
         x = self.action_in(x_t) + self.position[:, : x_t.shape[1]]
-        for block, kv in zip(self.blocks, prepared["kv"]):
-            x = block(x, c, kv)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
-        x = modulate(self.final_norm(x), shift, scale)
+        prediction = None
+        for _ in range(self.cascade):               # cascade: later passes refine the estimate, same weights
+            if prediction is not None:
+                x = x + self.action_in(prediction)
+            for block, kv in zip(self.blocks, prepared["kv"]):
+                x = block(x, c, kv)
+            h = modulate(self.final_norm(x), shift, scale)
+            prediction = self.action_out(h) if prediction is None else prediction + self.action_out(h)
         if self.score_out is None:
-            return self.action_out(x)
-        return {"prediction": self.action_out(x), "score": self.score_out(x.mean(dim=1)).squeeze(-1)}
+            return prediction
+        return {"prediction": prediction, "score": self.score_out(h.mean(dim=1)).squeeze(-1)}

@@ -20,6 +20,7 @@ from ditpolicy.config import compose, policy_config
 from ditpolicy.datasets import Normalizer
 from ditpolicy.datasets.stats import array_stats
 from ditpolicy.policies import DENOISERS, DiffusionPolicy, DiTDenoiser, Policy, PolicySpec
+from ditpolicy.policies.dit import modulate, timestep_embedding
 from ditpolicy.policies.fast_step import FastStep
 from ditpolicy.policies.goals import GoalEncoder
 
@@ -148,6 +149,40 @@ def test_dit_takes_one_noise_level_per_token():
     torch.testing.assert_close(step(x, t), per_sample, atol=1e-5, rtol=1e-5)
 
 
+def test_a_cascaded_dit_refines_its_estimate_with_the_same_weights():
+    def dit(cascade):
+        torch.manual_seed(0)
+        model = DiTDenoiser(action_dim=3, horizon=5, d_model=32, n_layers=2, n_heads=4, mlp_ratio=2.0, dropout=0.0,
+                            cascade=cascade, heads=("score",)).eval()
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        return model
+
+    one, two = dit(1), dit(2)
+    assert [n for n, _ in one.named_parameters()] == [n for n, _ in two.named_parameters()]   # shared weights
+    prepared = one.prepare(torch.randn(2, 4, 32))
+    x, t = torch.randn(2, 5, 3), torch.tensor([0.3, 0.8])
+    first, refined = one(x, t, prepared), two(x, t, prepared)
+    assert refined["score"].shape == (2,)
+    assert not torch.allclose(first["prediction"], refined["prediction"])
+    # the second pass starts from the first pass's tokens plus its estimate, and adds a correction
+    c = two.time_mlp(timestep_embedding(t, 32)) + prepared["pooled"]
+    h = two.action_in(x) + two.position
+    for block, kv in zip(two.blocks, prepared["kv"]):
+        h = block(h, c, kv)
+    h = h + two.action_in(first["prediction"])
+    for block, kv in zip(two.blocks, prepared["kv"]):
+        h = block(h, c, kv)
+    shift, scale = two.final_ada(c).chunk(2, dim=-1)
+    correction = two.action_out(modulate(two.final_norm(h), shift, scale))
+    torch.testing.assert_close(refined["prediction"], first["prediction"] + correction, atol=1e-5, rtol=1e-5)
+    step = FastStep(two, "trace").bind(prepared)
+    torch.testing.assert_close(step(x, t)["prediction"], refined["prediction"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="cascade must be >= 1"):
+        DiTDenoiser(action_dim=3, horizon=5, d_model=32, n_layers=1, n_heads=4, mlp_ratio=2.0, dropout=0.0,
+                    cascade=0)
+
+
 def test_goal_tokens_of_any_kind_and_number():
     goals = GoalEncoder(["task", "language", "image"], d_model=16, n_tasks=3, language_dim=8, image_widths=(8, 8))
     inputs = {"task_id": torch.tensor([2, 0]), "language": torch.randn(2, 8),
@@ -175,7 +210,7 @@ def test_unknown_families_and_options_are_named():
     with pytest.raises(ValueError, match=r"unknown denoiser 'unet' in policy.denoiser.name; known: .*dit"):
         DENOISERS.get("unet")
     with pytest.raises(ValueError, match=r"policy.denoiser: unknown option\(s\) \['layers'\] for the 'dit' "
-                                         r"denoiser \(options: n_layers, n_heads, mlp_ratio, dropout\)"):
+                                         r"denoiser \(options: n_layers, n_heads, mlp_ratio, dropout, cascade\)"):
         small_policy({"name": "dit", "layers": 2, "n_heads": 2, "mlp_ratio": 2.0, "dropout": 0.0})
     with pytest.raises(ValueError, match=r"policy.denoiser.module: cannot import 'no_such_module'"):
         DENOISERS.get("x", "no_such_module")
