@@ -61,6 +61,22 @@ def drive_planner(env: DrivingEnv, policy, seed: int, steps: int | None, expert_
     return {**scores, "latency_ms": latencies, "diversity": float(np.mean(diversities)) if diversities else 0.0}
 
 
+def sampled_diversity(policy, states: np.ndarray, k: int, steps: int | None) -> float:
+    """Mean plan diversity over scenes ``states`` (N, n_obs, 53): the K plans of one call for a
+    process with several chains (anchors), else K plans drawn with independent noise."""
+    goal = policy.goal_inputs(policy.spec.tasks[0] if policy.spec.tasks else None, 1)
+    values = []
+    for scene in states:
+        fan_out = policy.process.fan_out
+        n = 1 if fan_out > 1 else k
+        batch = {"state": torch.as_tensor(scene)[None].expand(n, *scene.shape).to(policy.device),
+                 **{key: v.expand(n, *v.shape[1:]) for key, v in goal.items()}}
+        chunks, heads = policy.predict_action_chunks(batch, steps, return_heads=True)
+        plans = heads["plans"][0, :, 0] if fan_out > 1 else chunks[:, 0]
+        values.append(plan_diversity(plans.cpu().numpy()))
+    return float(np.mean(values))
+
+
 def summarize(rows: list[dict]) -> dict:
     summary = {part: float(np.mean([r[part] for r in rows])) for part in PARTS}
     latency = [ms for r in rows for ms in r.get("latency_ms", [])]
@@ -71,28 +87,35 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
+def drive_experts(seeds: list[int], progress: bool = True, **env_options) -> list[dict]:
+    """The expert's scores on each seed (its progress is every planner's reference)."""
+    env = DrivingEnv(expert=True, **env_options)
+    rows = [drive_expert(env, s) for s in progress_bar(iterable=seeds, desc="expert", unit="ep", disable=not progress)]
+    env.close()
+    return rows
+
+
 def evaluate_driving(policy, episodes: int = 200, steps: int | None = None, seed: int = EVAL_SEED,
                      video_dir: str | Path | None = None, videos: int = 1, progress: bool = True,
-                     **env_options) -> dict:
-    """{"planner": summary, "expert": summary, "per_episode": [...]} over ``episodes`` seeds."""
+                     experts: list[dict] | None = None, **env_options) -> dict:
+    """{"planner": summary, "expert": summary, "per_episode": [...]} over ``episodes`` seeds;
+    ``experts``: the expert's rows for these seeds when already driven (drive_experts)."""
     seeds = list(range(seed, seed + episodes))
-    expert_env, env = DrivingEnv(expert=True, **env_options), DrivingEnv(**env_options)
+    experts = experts if experts is not None else drive_experts(seeds, progress, **env_options)
+    env = DrivingEnv(**env_options)
     warm = {"state": torch.zeros(1, policy.spec.n_obs, *policy.spec.obs_shapes["state"], device=policy.device),
             **policy.goal_inputs(env.task if env.task in policy.spec.tasks else None, 1)}
     policy.predict_action_chunks(warm, steps)          # builds the traced graphs: not a planning latency
-    bar = progress_bar(total=2 * episodes, desc="driving eval", unit="ep", disable=not progress)
-    experts, planned = [], []
-    for i, s in enumerate(seeds):
-        experts.append(drive_expert(expert_env, s))
-        bar.update(1)
+    bar = progress_bar(total=episodes, desc="planner", unit="ep", disable=not progress)
+    planned = []
+    for i, (s, expert) in enumerate(zip(seeds, experts)):
         frames = [] if video_dir is not None and i < videos else None
-        planned.append(drive_planner(env, policy, s, steps, experts[-1]["progress_m"], frames))
+        planned.append(drive_planner(env, policy, s, steps, expert["progress_m"], frames))
         if frames:
             write_video(Path(video_dir) / f"driving_seed{s}.mp4", frames, fps=2)
         bar.set_postfix(score=f"{np.mean([r['score'] for r in planned]):.3f}", refresh=False)
         bar.update(1)
     bar.close()
-    expert_env.close()
     env.close()
     per_episode = [{"seed": s, **{k: v for k, v in p.items() if k != "latency_ms"},
                     "expert": {k: e[k] for k in PARTS}} for s, p, e in zip(seeds, planned, experts)]
