@@ -39,19 +39,30 @@ def collect(cfg: DictConfig) -> int:
     return 0
 
 
+def driving_env_options(cfg: DictConfig) -> dict:
+    """DrivingEnv settings from the env=driving section, checked by key."""
+    return dict(lanes=positive_int(cfg, "env.lanes"), vehicles=integer(cfg, "env.vehicles", 0),
+                density=number(cfg, "env.density", above=0.0), duration_s=number(cfg, "env.duration_s", above=0.0),
+                expert_speed=number(cfg, "env.expert_speed", above=0.0))
+
+
+def eval_dir(cfg: DictConfig) -> Path:
+    """``out``, or ``eval/`` beside the run that holds the checkpoint."""
+    if cfg.out:
+        return Path(cfg.out)
+    ckpt = Path(cfg.checkpoint)
+    return (ckpt if (ckpt / "checkpoints").exists() else ckpt.resolve().parent.parent) / "eval"
+
+
 def collect_driving(cfg: DictConfig) -> int:
     """Expert demonstrations of highway-env's IDM/MOBIL driver (envs/driving/expert.py)."""
     try:
         from .envs.driving.expert import collect_driving as run_collect
     except ImportError as exc:
         raise SettingError(f"env=driving needs highway-env: pip install -e '.[driving]' ({exc})") from None
-    env = cfg.env
     report = run_collect(task=str(cfg.task), episodes=positive_int(cfg, "episodes"), out=cfg.out,
                          seed=integer(cfg, "seed", 0), overwrite=flag(cfg, "overwrite"),
-                         wait=number(cfg, "wait", low=0.0), lanes=positive_int(cfg, "env.lanes"),
-                         vehicles=integer(cfg, "env.vehicles", 0), density=number(cfg, "env.density", above=0.0),
-                         duration_s=number(cfg, "env.duration_s", above=0.0),
-                         expert_speed=number(cfg, "env.expert_speed", above=0.0))
+                         wait=number(cfg, "wait", low=0.0), **driving_env_options(cfg))
     print(f"{cfg.task}: kept {report['kept']} of {report['tries']} expert episodes ({report['collisions']} ended "
           f"in a collision), {report['steps']} plans; the store holds {report['total']} episodes of it")
     print(f"wrote {cfg.out}")
@@ -199,14 +210,9 @@ def run_driving_eval(cfg: DictConfig):
     if policy.spec.action_dim != 16 or policy.spec.horizon != 1:
         raise SettingError(f"{cfg.checkpoint}: a driving planner predicts one 16-number plan (horizon 1, action "
                            f"16); this policy predicts ({policy.spec.horizon}, {policy.spec.action_dim})")
-    ckpt = Path(cfg.checkpoint)
-    out = Path(cfg.out) if cfg.out else (ckpt if (ckpt / "checkpoints").exists() else ckpt.resolve().parent.parent) / "eval"
-    env = cfg.env
+    ckpt, out = Path(cfg.checkpoint), eval_dir(cfg)
     result = evaluate_driving(policy, episodes, steps, seed=EVAL_SEED + seed, video_dir=out / "videos", videos=videos,
-                              lanes=positive_int(cfg, "env.lanes"), vehicles=integer(cfg, "env.vehicles", 0),
-                              density=number(cfg, "env.density", above=0.0),
-                              duration_s=number(cfg, "env.duration_s", above=0.0),
-                              expert_speed=number(cfg, "env.expert_speed", above=0.0))
+                              **driving_env_options(cfg))
     result.update(checkpoint=str(ckpt.resolve()), sampler_steps=steps or policy.spec.inference_steps)
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2))
@@ -245,8 +251,7 @@ def _run_eval(cfg: DictConfig, dist):
                                f"onnx_dir exported with batch_size=null")
     tasks = resolve_tasks(OmegaConf.to_object(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else cfg.tasks) \
         if cfg.tasks else policy.spec.tasks
-    ckpt = Path(cfg.checkpoint)
-    out = Path(cfg.out) if cfg.out else (ckpt if (ckpt / "checkpoints").exists() else ckpt.resolve().parent.parent) / "eval"
+    ckpt, out = Path(cfg.checkpoint), eval_dir(cfg)
     warm_start, delay = number(cfg, "warm_start", low=0.0, high=0.999), integer(cfg, "delay", 0)
     executor = None
     if delay or cfg.rtc or cfg.blending != "naive":
