@@ -251,7 +251,7 @@ def _run_eval(cfg: DictConfig, dist):
                                f"onnx_dir exported with batch_size=null")
     tasks = resolve_tasks(OmegaConf.to_object(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else cfg.tasks) \
         if cfg.tasks else policy.spec.tasks
-    ckpt, out = Path(cfg.checkpoint), eval_dir(cfg)
+    out = eval_dir(cfg)
     warm_start, delay = number(cfg, "warm_start", low=0.0, high=0.999), integer(cfg, "delay", 0)
     executor = None
     if delay or cfg.rtc or cfg.blending != "naive":
