@@ -20,6 +20,9 @@ Optional hooks:
 - ``graph_step_inputs(t)``: the same per-level inputs computed as tensor work inside an
   exported graph (onnx_export.py), which has no cache outside it; None: none needed, or
   the forward's own path is exportable as it is.
+- ``shares_condition = True``: the family takes the K chains of a fan-out process (one per
+  anchor) as x_t (B * K, H, A) with the prepared condition of the B samples unrepeated and one
+  noise level per sample, t (B,); otherwise the policy repeats the condition and the levels.
 - ``log_values(out)``: training diagnostics (floats) logged beside the loss terms.
 - ``write_diagnostics(directory)``: files (plots) written after an evaluation.
 
@@ -43,6 +46,8 @@ DenoiserOutput = torch.Tensor | dict[str, torch.Tensor]
 
 class Denoiser(nn.Module):
     """Base class of the denoiser families: (x_t, t, prepared) -> prediction."""
+
+    shares_condition = False      # takes K chains per condition row at one level per row
 
     def __init__(self, action_dim: int, horizon: int, d_model: int):
         super().__init__()

@@ -54,6 +54,12 @@ class Attention(nn.Module):
         k, v = self.kv(context).chunk(2, dim=-1)
         return self.split(k), self.split(v)
 
+    def single_token(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention of sequences of one token (N, 1, D): softmax over a single key is 1,
+        so the output is the token's projected value; no queries, keys or scores."""
+        d = x.shape[-1]
+        return self.out(F.linear(x, self.kv.weight[d:], self.kv.bias[d:]))
+
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         q = self.split(self.q(x))
         k, v = self.keys_values(x) if kv is None else kv
@@ -74,9 +80,22 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cond_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cond_kv: tuple[torch.Tensor, torch.Tensor],
+                chain: int | None = None) -> torch.Tensor:
+        """x (B, K * H, D): K chains of ``chain`` = H tokens per condition row (default: one chain
+        of all N tokens); self-attention stays within a chain, cross-attention and the MLP see
+        every token of the row alike."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
-        x = x + tokenwise(gate1) * self.self_attn(modulate(self.norm1(x), shift1, scale1))
+        b, n, d = x.shape
+        chain = n if chain is None else chain
+        y = modulate(self.norm1(x), shift1, scale1)
+        if chain == 1:
+            y = self.self_attn.single_token(y)
+        elif n != chain:
+            y = self.self_attn(y.reshape(b * (n // chain), chain, d)).reshape(b, n, d)
+        else:
+            y = self.self_attn(y)
+        x = x + tokenwise(gate1) * y
         x = x + self.cross_attn(self.norm_cross(x), kv=cond_kv)
         x = x + tokenwise(gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x
@@ -92,7 +111,15 @@ class DiTDenoiser(Denoiser):
     and adds a correction to it.
 
     ``prepare`` returns ``{"pooled": (B, D), "kv": [(k, v) per block]}`` with k, v of shape
-    (B, heads, N_cond, D / heads)."""
+    (B, heads, N_cond, D / heads).
+
+    Chains sharing a condition (``shares_condition``): x_t may hold K chains per condition row,
+    (B * K, H, A) sample-major, at one noise level per row, t (B,). The chains are folded into
+    the token axis, (B, K * H, D): the time and condition modulation is computed once per row,
+    the cross-attention reads the row's keys and values unrepeated, and only self-attention
+    splits the row back into its chains. Same result as repeating the condition K times."""
+
+    shares_condition = True
 
     def __init__(self, action_dim: int, horizon: int, d_model: int, n_layers: int, n_heads: int,
                  mlp_ratio: float, dropout: float, cascade: int = 1, heads: tuple[str, ...] = ()):
@@ -138,18 +165,25 @@ class DiTDenoiser(Denoiser):
                 "kv": [block.cross_attn.keys_values(cond) for block in self.blocks]}
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, prepared: dict) -> torch.Tensor:
+        pooled = prepared["pooled"]
+        b, h = pooled.shape[0], x_t.shape[1]
+        k = x_t.shape[0] // b                                            # chains per condition row
+        if k * b != x_t.shape[0] or (k > 1 and tuple(t.shape) != (b,)):
+            raise ValueError(f"dit: x_t {tuple(x_t.shape)} and t {tuple(t.shape)} do not fit {b} condition rows: "
+                             f"K chains per row take x_t (B * K, H, A) and one shared level per row, t (B,)")
         c = self.time_mlp(timestep_embedding(t, self.d_model))          # (B, D) or (B, H, D)
-        c = c + (prepared["pooled"] if c.dim() == 2 else prepared["pooled"][:, None])
-        x = self.action_in(x_t) + self.position[:, : x_t.shape[1]]
+        c = c + (pooled if c.dim() == 2 else pooled[:, None])
+        x = (self.action_in(x_t) + self.position[:, :h]).reshape(b, k * h, -1)     # chains folded: (B, K * H, D)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         prediction = None
         for _ in range(self.cascade):               # cascade: later passes refine the estimate, same weights
             if prediction is not None:
                 x = x + self.action_in(prediction)
             for block, kv in zip(self.blocks, prepared["kv"]):
-                x = block(x, c, kv)
-            h = modulate(self.final_norm(x), shift, scale)
-            prediction = self.action_out(h) if prediction is None else prediction + self.action_out(h)
+                x = block(x, c, kv, h)
+            out = modulate(self.final_norm(x), shift, scale)
+            prediction = self.action_out(out) if prediction is None else prediction + self.action_out(out)
+        prediction = prediction.reshape(b * k, h, -1)
         if self.score_out is None:
             return prediction
-        return {"prediction": prediction, "score": self.score_out(h.mean(dim=1)).squeeze(-1)}
+        return {"prediction": prediction, "score": self.score_out(out.reshape(b * k, h, -1).mean(dim=1)).squeeze(-1)}

@@ -112,7 +112,7 @@ class DiffusionPolicy(nn.Module):
         prepared = self.fan_out(self.denoiser.prepare(self.condition(batch, augment=self.training)))
         t, mask = self.training_levels(actions)
         x_t, t, target = self.process.training_pair(actions, t)
-        out = self.denoiser(x_t, t, prepared)
+        out = self.denoiser(x_t, self.chain_levels(t), prepared)
         terms = {**self.process.loss_terms(out, target, mask), **self.denoiser.loss_terms(out)}
         unweighted = sorted(set(terms) - set(self.loss_weights))
         if unweighted:
@@ -183,6 +183,8 @@ class DiffusionPolicy(nn.Module):
             x, t_start = self.process.initial(x, t_start)
             prepared = self.fan_out(prepared)
         fn = self.fast_step.bind(prepared)
+        if self.process.fan_out > 1 and self.denoiser.shares_condition:
+            step, fn = fn, lambda x_t, t: step(x_t, self.chain_levels(t))
         if prefix is not None and prefix.shape[1] > 0:
             x, t_start, fn = self._with_prefix(x, t_start, fn, prefix, delay, rtc, decay)
         actions, heads = self.process.sample(fn, x, t_start, steps or self.spec.inference_steps)
@@ -190,14 +192,21 @@ class DiffusionPolicy(nn.Module):
         return (actions, heads) if return_heads else actions
 
     def fan_out(self, prepared):
-        """The prepared condition with each sample repeated for the process's chains (B * K, ...)."""
+        """The prepared condition for the process's K chains per sample: as it is for a denoiser
+        that shares it between chains, else each sample repeated (B * K, ...)."""
         k = self.process.fan_out
-        if k == 1:
+        if k == 1 or self.denoiser.shares_condition:
             return prepared
         if isinstance(prepared, FlatPrepared):
             leaves = tuple(v.repeat_interleave(k, dim=0) for v in prepared.leaves)
             return FlatPrepared(leaves, prepared.spec, (prepared.key[0], *(tuple(v.shape) for v in leaves)))
         return pytree.tree_map(lambda v: v.repeat_interleave(k, dim=0), prepared)
+
+    def chain_levels(self, t: torch.Tensor) -> torch.Tensor:
+        """The chains' levels (B * K,) as the denoiser takes them: one per sample (B,) where it
+        shares the condition between a sample's chains (a fan-out process gives them one level)."""
+        k = self.process.fan_out
+        return t[::k] if k > 1 and self.denoiser.shares_condition else t
 
     def _with_prefix(self, x, t_start, fn, prefix, delay: int, rtc: str, decay: str):
         """Sampler start, levels and step function that honour a committed prefix (B, P, A)."""

@@ -90,6 +90,32 @@ def test_sampling_returns_the_best_scored_plan_with_all_plans():
     assert heads["plans"].shape == (2, 3, 2, 1) and heads["scores"].shape == (2, 3)
 
 
+@pytest.mark.parametrize("horizon,cascade", [(1, 1), (4, 1), (4, 2)])
+def test_the_dit_gives_the_chains_of_a_sample_one_condition_exactly(horizon, cascade):
+    """K chains folded into the token axis (one condition row, one level per sample) give what
+    repeating the condition K times gives; a horizon of 1 takes the single-token attention."""
+    from ditpolicy.policies.dit import DiTDenoiser
+    torch.manual_seed(0)
+    dit = DiTDenoiser(3, horizon, 32, 2, 4, 4.0, 0.0, cascade=cascade, heads=("score",)).eval()
+    for p in dit.parameters():                 # adaLN-Zero starts closed: open every branch
+        torch.nn.init.normal_(p, std=0.2)
+    b, k = 3, 5
+    prepared = dit.prepare(torch.randn(b, 4, 32))
+    x, t = torch.randn(b * k, horizon, 3), torch.rand(b)
+    shared = dit(x, t, prepared)
+    repeated = dit(x, t.repeat_interleave(k), {"pooled": prepared["pooled"].repeat_interleave(k, 0),
+                                               "kv": [(kk.repeat_interleave(k, 0), v.repeat_interleave(k, 0))
+                                                      for kk, v in prepared["kv"]]})
+    assert torch.allclose(shared["prediction"], repeated["prediction"], atol=1e-5)
+    assert torch.allclose(shared["score"], repeated["score"], atol=1e-5)
+    assert shared["prediction"].abs().mean() > 0.1               # not a trivially closed network
+    with pytest.raises(ValueError, match="one shared level per row"):
+        dit(x, t.repeat_interleave(k), prepared)
+    if horizon == 1:
+        attention, tokens = dit.blocks[0].self_attn, torch.randn(6, 1, 32)
+        assert torch.allclose(attention.single_token(tokens), attention(tokens), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("anchored")

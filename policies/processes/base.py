@@ -16,8 +16,10 @@ The observation conditioning is bound into ``fn`` by the caller, so it is comput
 chunk, not once per step. The step count is an argument of ``sample``, chosen at inference.
 
 A process may run several denoising chains per sample (``fan_out``, e.g. one per anchor):
-then ``training_pair`` and ``initial`` return (B * fan_out, ...) inputs, the caller repeats
-each sample's condition ``fan_out`` times, and ``sample`` returns one result per sample. It
+then ``training_pair`` and ``initial`` return (B * fan_out, ...) inputs, sample-major, whose
+chains share their sample's noise level at every step; the caller gives the denoiser each
+sample's condition once per chain (repeated, or shared by a denoiser that takes the chains
+together), and ``sample`` returns one result per sample. It
 may read extra denoiser outputs (``heads``, e.g. a per-chain score) and keep tensors in the
 checkpoint (``make_state``: a module the policy registers), set by ``fit`` before training.
 """
