@@ -147,7 +147,7 @@ def convert(cfg: DictConfig) -> int:
         raise SettingError("convert rosbag needs the rosbags package: pip install 'ditpolicy[ros]'") from None
     from .deploy.rosbag_convert import convert_rosbag
 
-    counts = convert_rosbag(cfg.input, cfg.out, OmegaConf.to_container(cfg.ros, resolve=True), str(cfg.task),
+    counts = convert_rosbag(cfg.input, cfg.out, OmegaConf.to_container(cfg.ros, resolve=True), str(cfg.task or "robot"),
                             list(cfg.cameras), str(cfg.ros.record_topic), overwrite=flag(cfg, "overwrite"),
                             min_steps=positive_int(cfg, "min_steps"), progress=flag(cfg, "progress"))
     print(f"wrote {counts['episodes_written']} episode(s) from {cfg.input} to {cfg.out}; {json.dumps(counts)}")

@@ -1,0 +1,188 @@
+"""Converters from LIBERO / robomimic HDF5 and CALVIN split folders: every frame, action and
+annotation of the official layouts (official_layouts.py) arrives unchanged in the store,
+a killed conversion resumes without duplicates, bad input is named, and a converted store trains."""
+
+import numpy as np
+import pytest
+from helpers import TINY_POLICY
+from official_layouts import write_calvin_split, write_libero_hdf5, write_robomimic_hdf5
+
+from ditpolicy.cli import main as cli
+from ditpolicy.config import compose
+from ditpolicy.datasets import DemoStore
+from ditpolicy.datasets.convert import convert
+from ditpolicy.datasets.convert.calvin import cuts
+from ditpolicy.policies.train import Trainer
+
+LIBERO_STATE = ("ee_pos", "ee_ori", "gripper_states", "joint_states")
+ROBOMIMIC_STATE = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+
+
+def libero_suite(folder, lengths=((5, 7, 6), (4, 8))):
+    folder.mkdir()
+    files = [("pick_up_the_alphabet_soup_and_place_it_in_the_basket", "pick up the alphabet soup and place it in "
+              "the basket"), ("KITCHEN_SCENE3_turn_on_the_stove", None)]
+    return {task: write_libero_hdf5(folder / f"{task}_demo.hdf5", text, list(n), seed=i)
+            for i, ((task, text), n) in enumerate(zip(files, lengths))}
+
+
+def assert_hdf5_round_trip(store, task, demos, state_keys, images, flip):
+    episodes = [i for i in range(store.n_episodes) if store.task_name(i) == task]
+    assert len(episodes) == len(demos)
+    for index, demo in zip(episodes, demos):
+        got = store.episode(index)
+        np.testing.assert_array_equal(got["action"], demo["actions"].astype(np.float32))
+        state = np.concatenate([demo["obs"][k] for k in state_keys], axis=1).astype(np.float32)
+        np.testing.assert_array_equal(got["state"], state)
+        for source, key in images.items():
+            np.testing.assert_array_equal(got[key], flip(demo["obs"][source]))
+
+
+def test_libero_files_arrive_upright_with_their_instructions(tmp_path):
+    suite = libero_suite(tmp_path / "libero_object")
+    counts = convert("libero", tmp_path / "libero_object", tmp_path / "store.zarr", progress=False)
+    assert counts == {"files": 2, "episodes": 5, "skipped": 0, "frames": 30}
+    store = DemoStore.open(tmp_path / "store.zarr")
+    for task, demos in suite.items():
+        assert_hdf5_round_trip(store, task, demos, LIBERO_STATE,
+                               {"agentview_rgb": "rgb_agentview", "eye_in_hand_rgb": "rgb_eye_in_hand"},
+                               lambda frames: frames[:, ::-1, ::-1])
+    instructions = {store.task_name(i): store.instruction(i) for i in range(store.n_episodes)}
+    assert instructions == {"pick_up_the_alphabet_soup_and_place_it_in_the_basket":
+                            "pick up the alphabet soup and place it in the basket",
+                            "KITCHEN_SCENE3_turn_on_the_stove": "turn on the stove"}   # from problem_info / the name
+    assert store.stats_status == "current"
+
+
+def test_robomimic_keeps_its_upright_images_and_demo_order(tmp_path):
+    lengths = [4, 6, 5, 3, 4, 5, 6, 4, 5, 3, 7]                   # demo_10 sorts after demo_9
+    demos = write_robomimic_hdf5(tmp_path / "lift_ph.hdf5", lengths)
+    code = cli(["convert", "robomimic", str(tmp_path / "lift_ph.hdf5"), str(tmp_path / "store.zarr"), "progress=false"])
+    assert code == 0
+    store = DemoStore.open(tmp_path / "store.zarr")
+    assert list(store.episode_lengths) == lengths
+    assert_hdf5_round_trip(store, "lift_ph", demos, ROBOMIMIC_STATE,
+                           {"agentview_image": "rgb_agentview", "robot0_eye_in_hand_image": "rgb_eye_in_hand"},
+                           lambda frames: frames)
+
+
+def test_a_killed_hdf5_conversion_resumes_without_duplicates(tmp_path, monkeypatch):
+    suite = libero_suite(tmp_path / "suite")
+    from ditpolicy.datasets.convert import hdf5_demos
+
+    real, calls = hdf5_demos.read_demo, []
+
+    def dies_on_the_fourth(*args):
+        calls.append(args[2])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(hdf5_demos, "read_demo", dies_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        convert("libero", tmp_path / "suite", tmp_path / "store.zarr", progress=False)
+    assert DemoStore.open(tmp_path / "store.zarr").n_episodes == 3
+    monkeypatch.setattr(hdf5_demos, "read_demo", real)
+    counts = convert("libero", tmp_path / "suite", tmp_path / "store.zarr", progress=False)
+    assert counts["skipped"] == 3 and counts["episodes"] == 2
+    store = DemoStore.open(tmp_path / "store.zarr")
+    for task, demos in suite.items():
+        assert_hdf5_round_trip(store, task, demos, LIBERO_STATE, {"agentview_rgb": "rgb_agentview"},
+                               lambda frames: frames[:, ::-1, ::-1])
+    assert convert("libero", tmp_path / "suite", tmp_path / "store.zarr", progress=False)["episodes"] == 0
+
+
+def test_bad_hdf5_input_is_named_and_writes_nothing(tmp_path):
+    import h5py
+
+    write_libero_hdf5(tmp_path / "task_demo.hdf5", "do it", [4])
+    with h5py.File(tmp_path / "task_demo.hdf5", "a") as f:
+        del f["data/demo_0/obs/gripper_states"]
+    with pytest.raises(ValueError, match=r"task_demo.hdf5: data/demo_0/obs has no \['gripper_states'\]"):
+        convert("libero", tmp_path / "task_demo.hdf5", tmp_path / "store.zarr", progress=False)
+    with h5py.File(tmp_path / "empty.hdf5", "w") as f:
+        f.create_group("meta")
+    with pytest.raises(ValueError, match="empty.hdf5: no 'data' group"):
+        convert("robomimic", tmp_path / "empty.hdf5", tmp_path / "other.zarr", progress=False)
+    with pytest.raises(ValueError, match="flip must be one of"):
+        convert("libero", tmp_path / "task_demo.hdf5", tmp_path / "store.zarr", flip="sideways", progress=False)
+    assert DemoStore.open(tmp_path / "store.zarr").n_episodes == 0
+    assert cli(["convert", "lerobotx", str(tmp_path), str(tmp_path / "x.zarr")]) == 2
+
+
+CALVIN_SEQUENCES = [(100, 129), (500, 511)]
+CALVIN_ANNOTATIONS = [(102, 111, "open the drawer", "open_drawer"), (108, 121, "push the red block left",
+                                                                     "push_red_block_left"),
+                      (500, 505, "turn on the led", "turn_on_led")]
+
+
+def test_calvin_split_round_trips_with_language_segments(tmp_path):
+    split = tmp_path / "task_D_D" / "training"
+    frames = write_calvin_split(split, CALVIN_SEQUENCES, CALVIN_ANNOTATIONS)
+    counts = convert("calvin", split, tmp_path / "store.zarr", max_episode_steps=8, progress=False)
+    # 100..129 cut every 8 frames, but not inside the windows 102-111 and 108-121: [100, 121], then 122-129
+    assert counts["episodes"] == 4 and counts["frames"] == 42 and counts["segments"] == 3
+    store = DemoStore.open(tmp_path / "store.zarr")
+    starts = [100, 122, 500, 508]
+    assert list(store.episode_lengths) == [22, 8, 8, 4]
+    for episode, first in enumerate(starts):
+        got = store.episode(episode)
+        for t in range(len(got["action"])):
+            frame = frames[first + t]
+            np.testing.assert_array_equal(got["action"][t], frame["rel_actions"].astype(np.float32))
+            np.testing.assert_array_equal(got["action_abs"][t], frame["actions"].astype(np.float32))
+            np.testing.assert_array_equal(got["state"][t], frame["robot_obs"].astype(np.float32))
+            np.testing.assert_array_equal(got["scene_obs"][t], frame["scene_obs"].astype(np.float32))
+            np.testing.assert_array_equal(got["rgb_static"][t], frame["rgb_static"])
+            np.testing.assert_array_equal(got["rgb_gripper"][t], frame["rgb_gripper"])
+    assert store.task_name(0) == "calvin/task_D_D/training"
+    segments = [(s.start, s.end, s.text) for s in store.segments]
+    # global store steps: episode 0 starts at 0, episode 2 (frame 500) at 30
+    assert segments == [(2, 12, "open the drawer"), (8, 22, "push the red block left"), (30, 36, "turn on the led")]
+
+
+def test_calvin_cuts_never_split_a_window_and_cover_every_frame():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        start, end = 0, int(rng.integers(1, 300))
+        windows = [tuple(sorted(rng.integers(0, end + 1, 2))) for _ in range(rng.integers(0, 6))]
+        pieces = cuts(start, end, windows, int(rng.integers(1, 50)))
+        assert pieces[0][0] == start and pieces[-1][1] == end
+        assert all(b[0] == a[1] + 1 for a, b in zip(pieces, pieces[1:]))
+        for s, e in windows:
+            assert any(first <= s and e <= last for first, last in pieces)
+
+
+def test_a_killed_calvin_conversion_resumes_and_bad_splits_are_named(tmp_path, monkeypatch):
+    split = tmp_path / "split"
+    write_calvin_split(split, CALVIN_SEQUENCES, CALVIN_ANNOTATIONS)
+    from ditpolicy.datasets.convert import calvin
+
+    real = calvin.read_frames
+    monkeypatch.setattr(calvin, "read_frames", lambda s, first, *a: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if first == 500 else real(s, first, *a))
+    with pytest.raises(KeyboardInterrupt):
+        convert("calvin", split, tmp_path / "store.zarr", max_episode_steps=8, progress=False)
+    assert DemoStore.open(tmp_path / "store.zarr").n_episodes == 2
+    monkeypatch.setattr(calvin, "read_frames", real)
+    counts = convert("calvin", split, tmp_path / "store.zarr", max_episode_steps=8, progress=False)
+    assert counts["skipped"] == 2 and counts["episodes"] == 2
+    assert list(DemoStore.open(tmp_path / "store.zarr").episode_lengths) == [22, 8, 8, 4]
+    (split / "episode_0000505.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="episode_0000505.npz: frame 505"):
+        convert("calvin", split, tmp_path / "again.zarr", progress=False)
+    with pytest.raises(FileNotFoundError, match="ep_start_end_ids.npy: missing"):
+        convert("calvin", tmp_path, tmp_path / "again.zarr", progress=False)
+
+
+def test_a_converted_store_trains(tmp_path):
+    libero_suite(tmp_path / "suite", lengths=((12, 14, 12), (12, 13)))
+    convert("libero", tmp_path / "suite", tmp_path / "store.zarr", progress=False)
+    cfg = compose("train", [f"dataset.path={tmp_path / 'store.zarr'}", f"run_dir={tmp_path / 'run'}", *TINY_POLICY,
+                            "dataset.obs_keys=[state,rgb_agentview]", "train.steps=4", "train.save_every=4",
+                            "policy.goals=[task]"])
+    trainer = Trainer(cfg)
+    trainer.run()
+    assert (tmp_path / "run" / "checkpoints" / "latest").exists()
+    assert trainer.policy.spec.action_dim == 7 and sorted(trainer.policy.spec.tasks) == sorted(
+        ["pick_up_the_alphabet_soup_and_place_it_in_the_basket", "KITCHEN_SCENE3_turn_on_the_stove"])
