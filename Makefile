@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml | system-libs
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[sim,dev,onnx,ros,remote,driving,libero]'
+	$(BIN)/pip install -q -e '.[sim,dev,onnx,ros,remote,driving,libero,lerobot]'
 	touch $(STAMP)
 
 clean:

@@ -1,6 +1,6 @@
 """Conversion speed and peak memory of each converter, on sources written in the official
 layouts at their real image sizes (LIBERO 128x128 x 2 cameras; robomimic 84x84 x 2; CALVIN
-200x200 + 84x84 per frame). Each conversion runs in a fresh process, at two source sizes:
+200x200 + 84x84 per frame; LeRobot v3.0, two AV1 cameras at ``--lerobot-size``). Each conversion runs in a fresh process, at two source sizes:
 constant memory means the peak does not grow with the source. Prints a table, writes JSON.
 
     python bench/convert.py                    # 20 and 40 demos of 150 frames; CALVIN 3,000 and 6,000 frames
@@ -22,15 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))         # the official-layout writers live with the tests
 
 
-def write_source(fmt: str, folder: Path, size: int, frames: int) -> Path:
+def write_source(fmt: str, folder: Path, size: int, frames: int, image: tuple[int, int] = (240, 320)) -> Path:
     """An official-layout source of ``size`` demos (CALVIN: ``size`` frames in sequences of 1,000)."""
-    from official_layouts import write_calvin_split, write_libero_hdf5, write_robomimic_hdf5
+    from official_layouts import write_calvin_split, write_lerobot_dataset, write_libero_hdf5, write_robomimic_hdf5
 
     folder.mkdir(parents=True, exist_ok=True)
     if fmt == "libero":
         write_libero_hdf5(folder / "put_the_bowl_on_the_plate_demo.hdf5", "put the bowl on the plate",
                           [frames] * size, size=128)
         return folder
+    if fmt == "lerobot":
+        write_lerobot_dataset(folder / "so100_pick", [frames] * size, ["pick the cube"], version="v3.0", fps=30,
+                              size=image, episodes_per_file=10)
+        return folder / "so100_pick"
     if fmt == "robomimic":
         write_robomimic_hdf5(folder / "lift_ph.hdf5", [frames] * size, size=84)
         return folder / "lift_ph.hdf5"
@@ -57,6 +61,8 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=20, help="HDF5 demos in the smaller source (the larger: 2x)")
     parser.add_argument("--frames", type=int, default=150, help="frames per HDF5 demo")
     parser.add_argument("--calvin-frames", type=int, default=3000, help="frames of the smaller CALVIN split")
+    parser.add_argument("--lerobot-size", default="240x320", help="LeRobot camera frames, HEIGHTxWIDTH")
+    parser.add_argument("--formats", default="libero,robomimic,calvin,lerobot")
     parser.add_argument("--out", default="outputs/bench/convert")
     parser.add_argument("--run", nargs=3, metavar=("FORMAT", "SRC", "STORE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -65,12 +71,13 @@ def main() -> None:
         return
     out = Path(args.out)
     rows = []
-    for fmt in ("libero", "robomimic", "calvin"):
+    image = tuple(int(v) for v in args.lerobot_size.split("x"))
+    for fmt in args.formats.split(","):
         base = args.calvin_frames if fmt == "calvin" else args.demos
         for size in (base, 2 * base):
             work = out / f"{fmt}_{size}"
             shutil.rmtree(work, ignore_errors=True)
-            src = write_source(fmt, work / "source", size, args.frames)
+            src = write_source(fmt, work / "source", size, args.frames, image)
             done = subprocess.run([sys.executable, __file__, "--run", fmt, str(src), str(work / "store.zarr")],
                                   check=True, capture_output=True, text=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -29,7 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sim-robot": ("a simulated Meta-World arm on ROS 2 topics (optionally driven by the scripted expert)",
                   "ditpolicy.ros_commands:sim_robot"),
     "record": ("record demonstrations from ROS 2 topics into a zarr store", "ditpolicy.ros_commands:record"),
-    "convert": ("other formats into a zarr store: convert rosbag|libero|robomimic|calvin <src> <store>",
+    "convert": ("other formats into a zarr store: convert rosbag|libero|robomimic|calvin|lerobot <src> <store>",
                 "ditpolicy.convert_command:convert"),
     "export": ("write a checkpoint's policy as ONNX graphs (optionally int8) for ONNX Runtime",
                "ditpolicy.commands:export"),

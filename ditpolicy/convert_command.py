@@ -20,7 +20,7 @@ def convert(cfg: DictConfig) -> int:
     options = {"task": cfg.task, "overwrite": flag(cfg, "overwrite"), "progress": flag(cfg, "progress")}
     if cfg.format == "calvin":
         options.update(max_episode_steps=positive_int(cfg, "max_episode_steps"), extra_keys=list(cfg.extra_keys))
-    else:
+    elif cfg.format in ("libero", "robomimic"):
         options.update(flip=cfg.flip,
                        state_keys=None if cfg.state_keys is None else list(cfg.state_keys),
                        image_keys=None if cfg.image_keys is None else dict(OmegaConf.to_container(cfg.image_keys)))

@@ -1,11 +1,11 @@
-"""Converters from LIBERO / robomimic HDF5 and CALVIN split folders: every frame, action and
+"""Converters from LIBERO / robomimic HDF5, CALVIN split folders and LeRobot datasets: every frame, action and
 annotation of the official layouts (official_layouts.py) arrives unchanged in the store,
 a killed conversion resumes without duplicates, bad input is named, and a converted store trains."""
 
 import numpy as np
 import pytest
 from helpers import TINY_POLICY
-from official_layouts import write_calvin_split, write_libero_hdf5, write_robomimic_hdf5
+from official_layouts import write_calvin_split, write_lerobot_dataset, write_libero_hdf5, write_robomimic_hdf5
 
 from ditpolicy.cli import main as cli
 from ditpolicy.config import compose
@@ -186,3 +186,69 @@ def test_a_converted_store_trains(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "latest").exists()
     assert trainer.policy.spec.action_dim == 7 and sorted(trainer.policy.spec.tasks) == sorted(
         ["pick_up_the_alphabet_soup_and_place_it_in_the_basket", "KITCHEN_SCENE3_turn_on_the_stove"])
+
+
+def decoded(path, height, width):
+    """Every frame of an mp4, by ffmpeg straight to raw RGB: (N, H, W, 3)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+LEROBOT_LENGTHS = [7, 9, 6, 8]
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_lerobot_datasets_round_trip_frame_for_frame(tmp_path, version):
+    root = tmp_path / "so100_pick"
+    episodes = write_lerobot_dataset(root, LEROBOT_LENGTHS, ["pick the cube", "place the cube"], version=version)
+    counts = convert("lerobot", root, tmp_path / "store.zarr", progress=False)
+    assert counts == {"version": version, "episodes": 4, "skipped": 0, "frames": 30}
+    store = DemoStore.open(tmp_path / "store.zarr")
+    assert list(store.episode_lengths) == LEROBOT_LENGTHS
+    if version == "v2.1":
+        videos = {cam: np.concatenate([decoded(root / f"videos/chunk-000/observation.images.{cam}/"
+                                               f"episode_{i:06d}.mp4", 48, 64) for i in range(4)])
+                  for cam in ("top", "wrist")}
+    else:                                        # episodes 0-2 share file-000, episode 3 is in file-001
+        videos = {cam: np.concatenate([decoded(root / f"videos/observation.images.{cam}/chunk-000/file-{f:03d}.mp4",
+                                               48, 64) for f in range(2)]) for cam in ("top", "wrist")}
+    for i, episode in enumerate(episodes):
+        got = store.episode(i)
+        np.testing.assert_array_equal(got["state"], episode["state"])
+        np.testing.assert_array_equal(got["action"], episode["action"])
+        span = slice(episode["start"], episode["start"] + len(episode["action"]))
+        for cam in ("top", "wrist"):
+            np.testing.assert_array_equal(got[f"rgb_{cam}"], videos[cam][span])           # the decoder's frames, in order
+            error = np.abs(got[f"rgb_{cam}"].astype(int) - episode["frames"][cam]).mean()
+            assert error < 6, f"episode {i} {cam}: mean error {error:.1f} against the encoded frames"
+        assert store.instruction(i) == episode["task"] and store.task_name(i) == "lerobot/so100_pick"
+
+
+def test_a_killed_lerobot_conversion_resumes_and_bad_datasets_are_named(tmp_path, monkeypatch):
+    root = tmp_path / "ds"
+    write_lerobot_dataset(root, LEROBOT_LENGTHS, ["pick the cube"], version="v3.0")
+    convert("lerobot", root, tmp_path / "whole.zarr", progress=False)
+    from ditpolicy.datasets.convert import lerobot
+
+    real = lerobot.read_rows
+    monkeypatch.setattr(lerobot, "read_rows", lambda episode, features: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if episode.index == 2 else real(episode, features))
+    with pytest.raises(KeyboardInterrupt):
+        convert("lerobot", root, tmp_path / "store.zarr", progress=False)
+    assert DemoStore.open(tmp_path / "store.zarr").n_episodes == 2
+    monkeypatch.setattr(lerobot, "read_rows", real)
+    assert convert("lerobot", root, tmp_path / "store.zarr", progress=False)["skipped"] == 2
+    whole, resumed = DemoStore.open(tmp_path / "whole.zarr"), DemoStore.open(tmp_path / "store.zarr")
+    for i in range(4):                           # episode 2 starts mid-file: the stream skips to its frames
+        a, b = whole.episode(i), resumed.episode(i)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    (root / "videos/observation.images.top/chunk-000/file-001.mp4").unlink()
+    with pytest.raises(FileNotFoundError, match="file-001.mp4: video file listed by the dataset is missing"):
+        convert("lerobot", root, tmp_path / "again.zarr", progress=False)
+    with pytest.raises(FileNotFoundError, match="info.json: missing"):
+        convert("lerobot", tmp_path, tmp_path / "again.zarr", progress=False)

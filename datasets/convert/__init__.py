@@ -4,6 +4,8 @@
   a folder converts every ``*.hdf5`` in it, sorted.
 - ``calvin``: a CALVIN split folder of per-frame ``episode_XXXXXXX.npz`` files with its
   ``ep_start_end_ids.npy`` and language annotations (calvin.py).
+- ``lerobot``: a LeRobot dataset folder, layouts v2.0 / v2.1 / v3.0: parquet frames, mp4
+  videos, ``meta/`` (lerobot.py).
 
 Every converter streams: it holds one source episode (or, for CALVIN's long play episodes,
 one cut of at most ``max_episode_steps`` frames) in memory at a time. Every converter
@@ -30,15 +32,17 @@ def convert(format: str, src: str | Path, out: str | Path, **options) -> dict:
     """Convert ``src`` in ``format`` into the store ``out``; returns counts (episodes, frames, ...)."""
     from .calvin import convert_calvin
     from .hdf5_demos import convert_hdf5
+    from .lerobot import convert_lerobot
 
     converters = {"libero": lambda: convert_hdf5(src, out, layout="libero", **options),
                   "robomimic": lambda: convert_hdf5(src, out, layout="robomimic", **options),
-                  "calvin": lambda: convert_calvin(src, out, **options)}
+                  "calvin": lambda: convert_calvin(src, out, **options),
+                  "lerobot": lambda: convert_lerobot(src, out, **options)}
     if format not in converters:
         raise ValueError(f"convert: unknown format {format!r}; formats: {sorted(converters)} (and rosbag)")
     return converters[format]()
 
 
-FORMATS = ("libero", "robomimic", "calvin")
+FORMATS = ("libero", "robomimic", "calvin", "lerobot")
 
 __all__ = ["FORMATS", "convert", "episodes_of_task"]
