@@ -1,0 +1,47 @@
+"""``eval env=libero``: a checkpoint on a LIBERO suite under the published protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .commands import eval_dir
+from .settings import SettingError, positive_int
+
+
+def run_libero_eval(cfg: DictConfig):
+    """Success per task with 95% intervals; ``result.json`` and the resumable per-episode
+    file (a killed evaluation run again with the same command continues)."""
+    try:
+        from .envs.libero.protocol import PolicyActor, evaluate_libero
+        from .envs.libero.suites import STEP_LIMITS
+    except ImportError as exc:
+        raise SettingError(f"env=libero needs LIBERO's simulator: pip install -e '.[libero]' ({exc})") from None
+    from .policies import Policy
+    from .policies.distributed import resolve_device
+
+    suite = str(cfg.env.suite)
+    if suite not in STEP_LIMITS:
+        raise SettingError(f"env.suite={suite!r}: the LIBERO suites are {sorted(STEP_LIMITS)}")
+    policy = Policy.from_checkpoint(cfg.checkpoint, device=resolve_device(str(cfg.device)))
+    if policy.spec.action_dim != 7:
+        raise SettingError(f"{cfg.checkpoint}: LIBERO takes 7-D actions; this policy predicts {policy.spec.action_dim}")
+    out = eval_dir(cfg)
+    results = Path(cfg.env.results) if cfg.env.results else out / f"libero_{suite}.jsonl"
+    tasks = OmegaConf.to_object(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else ([cfg.tasks] if cfg.tasks else None)
+    actor = PolicyActor(policy, None if cfg.n_action_steps is None else positive_int(cfg, "n_action_steps"),
+                        None if cfg.steps is None else positive_int(cfg, "steps"))
+    try:
+        result = evaluate_libero(actor, suite, tasks, trials=positive_int(cfg, "env.trials"),
+                                 num_envs=positive_int(cfg, "num_envs"), results=results)
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
+    summary = {**result.as_dict(), "suite": suite, "results_file": str(results),
+               "checkpoint": str(Path(cfg.checkpoint).resolve())}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(summary, indent=2))
+    print(result.table())
+    print(f"results: {out / 'result.json'}\nepisodes: {results}")
+    return result, out
