@@ -113,18 +113,20 @@ def test_bad_hdf5_input_is_named_and_writes_nothing(tmp_path):
 CALVIN_SEQUENCES = [(100, 129), (500, 511)]
 CALVIN_ANNOTATIONS = [(102, 111, "open the drawer", "open_drawer"), (108, 121, "push the red block left",
                                                                      "push_red_block_left"),
-                      (500, 505, "turn on the led", "turn_on_led")]
+                      (500, 505, "turn on the led", "turn_on_led"), (506, 512, "lift the pink block",
+                                                                     "lift_pink_block_table")]
 
 
 def test_calvin_split_round_trips_with_language_segments(tmp_path):
     split = tmp_path / "task_D_D" / "training"
     frames = write_calvin_split(split, CALVIN_SEQUENCES, CALVIN_ANNOTATIONS)
     counts = convert("calvin", split, tmp_path / "store.zarr", max_episode_steps=8, progress=False)
-    # 100..129 cut every 8 frames, but not inside the windows 102-111 and 108-121: [100, 121], then 122-129
-    assert counts["episodes"] == 4 and counts["frames"] == 42 and counts["segments"] == 3
+    # 100..129 cut every 8 frames, but not inside the windows 102-111 and 108-121: [100, 121], then 122-129;
+    # 500..511 not inside 506-511: one piece
+    assert counts["episodes"] == 3 and counts["frames"] == 42 and counts["segments"] == 4
     store = DemoStore.open(tmp_path / "store.zarr")
-    starts = [100, 122, 500, 508]
-    assert list(store.episode_lengths) == [22, 8, 8, 4]
+    starts = [100, 122, 500]
+    assert list(store.episode_lengths) == [22, 8, 12]
     for episode, first in enumerate(starts):
         got = store.episode(episode)
         for t in range(len(got["action"])):
@@ -138,7 +140,9 @@ def test_calvin_split_round_trips_with_language_segments(tmp_path):
     assert store.task_name(0) == "calvin/task_D_D/training"
     segments = [(s.start, s.end, s.text) for s in store.segments]
     # global store steps: episode 0 starts at 0, episode 2 (frame 500) at 30
-    assert segments == [(2, 12, "open the drawer"), (8, 22, "push the red block left"), (30, 36, "turn on the led")]
+    # the last window ends one frame past its sequence (511): it is cut at the sequence's end
+    assert segments == [(2, 12, "open the drawer"), (8, 22, "push the red block left"), (30, 36, "turn on the led"),
+                        (36, 42, "lift the pink block")]
 
 
 def test_calvin_cuts_never_split_a_window_and_cover_every_frame():
@@ -166,8 +170,8 @@ def test_a_killed_calvin_conversion_resumes_and_bad_splits_are_named(tmp_path, m
     assert DemoStore.open(tmp_path / "store.zarr").n_episodes == 2
     monkeypatch.setattr(calvin, "read_frames", real)
     counts = convert("calvin", split, tmp_path / "store.zarr", max_episode_steps=8, progress=False)
-    assert counts["skipped"] == 2 and counts["episodes"] == 2
-    assert list(DemoStore.open(tmp_path / "store.zarr").episode_lengths) == [22, 8, 8, 4]
+    assert counts["skipped"] == 2 and counts["episodes"] == 1
+    assert list(DemoStore.open(tmp_path / "store.zarr").episode_lengths) == [22, 8, 12]
     (split / "episode_0000505.npz").unlink()
     with pytest.raises(FileNotFoundError, match="episode_0000505.npz: frame 505"):
         convert("calvin", split, tmp_path / "again.zarr", progress=False)

@@ -3,8 +3,8 @@
 A split (e.g. ``task_D_D/training``) holds one ``episode_XXXXXXX.npz`` per frame (7-digit
 global frame index), ``ep_start_end_ids.npy`` (N, 2) with the first and last frame of each
 recorded play sequence, and optionally ``lang_annotations/auto_lang_ann.npy`` (a pickled
-dict: ``language.ann`` texts, ``language.task`` ids, ``info.indx`` (start, end) frames, both
-inclusive).
+dict: ``language.ann`` texts, ``language.task`` ids, ``info.indx`` (start, end) frames, read
+as inclusive, as CALVIN's loader does, and cut at the end of their sequence).
 
 Store keys: ``action`` = ``rel_actions`` (7), ``action_abs`` = ``actions`` (7), ``state`` =
 ``robot_obs`` (15), ``scene_obs`` (24), ``rgb_static`` (200, 200, 3) and ``rgb_gripper``
@@ -51,6 +51,16 @@ def read_annotations(split: Path) -> list[tuple[int, int, str, str]]:
     if not (len(texts) == len(tasks) == len(spans)):
         raise ValueError(f"{path}: {len(texts)} texts, {len(tasks)} tasks and {len(spans)} windows differ in number")
     return [(int(s), int(e), str(text), str(task)) for (s, e), text, task in zip(spans, texts, tasks)]
+
+
+def clamp_to_sequences(annotations: list[tuple], ranges: np.ndarray) -> list[tuple]:
+    """Annotations whose window runs past the end of its play sequence end with it (the
+    annotator writes ``start + length``, which can be one frame past the recording)."""
+    out = []
+    for s, e, text, task in annotations:
+        inside = [int(last) for first, last in ranges if first <= s <= last]
+        out.append((s, min(e, inside[0]) if inside else e, text, task))
+    return out
 
 
 def cuts(start: int, end: int, windows: list[tuple[int, int]], max_steps: int) -> list[tuple[int, int]]:
@@ -104,7 +114,7 @@ def convert_calvin(src: str | Path, out: str | Path, task: str | None = None, ma
     if int(max_episode_steps) < 1:
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     keys = {**FRAME_KEYS, **{k: k for k in extra_keys}}
-    annotations = read_annotations(split)
+    annotations = clamp_to_sequences(read_annotations(split), ranges)
     windows = [(s, e) for s, e, _, _ in annotations]
     pieces = [p for start, end in sorted((int(a), int(b)) for a, b in ranges)
               for p in cuts(start, end, windows, int(max_episode_steps))]
