@@ -1,4 +1,5 @@
-"""``eval env=libero``: a checkpoint on a LIBERO suite under the published protocol."""
+"""``eval env=libero`` (a checkpoint on a LIBERO suite under the published protocol) and
+``collect env=libero`` (scripted LIBERO-Object demonstrations)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .commands import eval_dir
-from .settings import SettingError, positive_int
+from .settings import SettingError, flag, integer, number, positive_int
 
 
 def run_libero_eval(cfg: DictConfig):
@@ -45,3 +46,28 @@ def run_libero_eval(cfg: DictConfig):
     print(result.table())
     print(f"results: {out / 'result.json'}\nepisodes: {results}")
     return result, out
+
+
+def collect_libero_demos(cfg: DictConfig) -> int:
+    """The privileged-state expert on every LIBERO-Object task (``task=all``) or those named."""
+    try:
+        from .envs.libero.collect import collect_libero
+    except ImportError as exc:
+        raise SettingError(f"env=libero needs LIBERO's simulator: pip install -e '.[libero]' ({exc})") from None
+    suite = str(cfg.env.suite)
+    if suite != "libero_object":
+        raise SettingError(f"env.suite={suite!r}: the scripted expert covers libero_object's pick-and-place tasks")
+    names = OmegaConf.to_object(cfg.task) if OmegaConf.is_list(cfg.task) else [cfg.task]
+    tasks = None if names in (["all"], [None]) else [str(n) for n in names]
+    try:
+        reports = collect_libero(suite, tasks, positive_int(cfg, "episodes"), str(cfg.out), list(cfg.env.cameras),
+                                 positive_int(cfg, "env.image_size"), integer(cfg, "seed", 0),
+                                 number(cfg, "max_attempts_factor", above=0.0), flag(cfg, "overwrite"))
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
+    print(f"{'task':<60} {'had':>4} {'kept':>5} {'tries':>6} {'success':>8}")
+    for r in reports:
+        print(f"{r['task']:<60} {r['existing']:>4} {r['kept']:>5} {r['attempts']:>6} "
+              f"{r['kept'] / max(r['attempts'], 1):>8.2f}")
+    print(f"wrote {cfg.out}")
+    return 0

@@ -15,8 +15,11 @@ from .settings import SettingError, choice, flag, integer, number, positive_int
 def collect(cfg: DictConfig) -> int:
     if cfg.env.name == "driving":
         return collect_driving(cfg)
+    if cfg.env.name == "libero":
+        from .benchmark_commands import collect_libero_demos
+        return collect_libero_demos(cfg)
     if cfg.env.name != "metaworld":
-        raise ValueError(f"env={cfg.env.name!r}: collection supports env=metaworld and env=driving")
+        raise ValueError(f"env={cfg.env.name!r}: collection supports env=metaworld, env=driving and env=libero")
     args = dict(
         episodes=positive_int(cfg, "episodes"), seed=integer(cfg, "seed", 0),
         image_size=positive_int(cfg, "env.image_size"), max_episode_steps=positive_int(cfg, "env.max_episode_steps"),

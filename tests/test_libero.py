@@ -113,3 +113,28 @@ def test_ditpolicy_eval_runs_a_policy_trained_on_converted_libero_demos(tmp_path
     assert result["tasks"][0]["task"] == "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
     rows = [json.loads(line) for line in (out / "libero_libero_object.jsonl").read_text().splitlines()]
     assert rows[0]["episode"] == 0 and (rows[0]["success"] or rows[0]["steps"] == 280)
+
+
+def test_the_scripted_expert_collects_a_demo_the_protocol_counts_as_success(tmp_path, task):
+    from ditpolicy.cli import main as cli
+    from ditpolicy.datasets import DemoStore
+
+    out = tmp_path / "demos.zarr"
+    assert cli(["collect", "env=libero", f"task=[{task.name}]", "episodes=1", f"out={out}", "env.cameras=[agentview]",
+                "env.image_size=32"]) == 0
+    store = DemoStore.open(out)
+    assert store.n_episodes == 1 and store.task_name(0) == task.name and store.instruction(0) == task.instruction
+    episode = store.episode(0)
+    assert episode["state"].shape[1] == 15 and episode["action"].shape[1] == 7
+    assert episode["rgb_agentview"].shape[1:] == (32, 32, 3) and len(episode["action"]) < STEP_LIMITS["libero_object"]
+    assert store.seeds[0] >= 100_003                             # a collection placement, not an evaluation state
+    # replaying the recorded actions from the same placement reaches the goal again
+    env = LiberoEnv(task)
+    try:
+        env.reset(seed=int(store.seeds[0]))
+        done = False
+        for action in episode["action"]:
+            _, done = env.step(action)
+        assert done
+    finally:
+        env.close()

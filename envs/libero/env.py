@@ -44,8 +44,10 @@ class LiberoEnv:
                               camera_heights=image_size, camera_widths=image_size)
         self.env.seed(0)
         self.steps = 0                  # simulator steps since the last reset, settle steps included
+        self.raw: dict = {}             # the simulator's last observation (privileged state, for experts)
 
     def observation(self, raw: dict) -> dict[str, np.ndarray]:
+        self.raw = raw
         state = np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
                                 raw["robot0_gripper_qpos"], raw["robot0_joint_pos"]]).astype(np.float32)
         obs = {"state": state}
@@ -53,12 +55,18 @@ class LiberoEnv:
             obs[f"rgb_{cam}"] = np.ascontiguousarray(raw[CAMERAS[cam]][::-1, ::-1])
         return obs
 
-    def reset(self, episode: int) -> dict[str, np.ndarray]:
-        if not 0 <= episode < len(self.task.init_states):
+    def reset(self, episode: int | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Initial state ``episode`` (evaluation), or with ``episode=None`` a fresh placement
+        drawn by the task's own sampler from ``seed`` (collection: never an evaluation state)."""
+        if episode is None:
+            self.env.seed(int(seed or 0))
+            raw = self.env.reset()
+        elif not 0 <= episode < len(self.task.init_states):
             raise ValueError(f"{self.task.name}: episode {episode}; the task ships "
                              f"{len(self.task.init_states)} initial states")
-        self.env.reset()
-        raw = self.env.set_init_state(self.task.init_states[episode])
+        else:
+            self.env.reset()
+            raw = self.env.set_init_state(self.task.init_states[episode])
         self.steps = 0
         for _ in range(SETTLE_STEPS):
             raw, _, _, _ = self.env.step(NOOP)
