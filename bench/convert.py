@@ -45,6 +45,15 @@ def write_source(fmt: str, folder: Path, size: int, frames: int, image: tuple[in
     return folder / "training"
 
 
+def peak_resident_mb() -> float:
+    """This process's resident-memory high-water mark (VmHWM: since exec, unlike ru_maxrss,
+    which a child started by fork + exec inherits from its parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_one(fmt: str, src: str, out: str) -> None:
     """In a fresh process: convert, print frames, seconds and the peak resident memory."""
     from ditpolicy.datasets.convert import convert
@@ -52,7 +61,7 @@ def run_one(fmt: str, src: str, out: str) -> None:
     start = time.perf_counter()
     counts = convert(fmt, src, out, overwrite=True, progress=False)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_resident_mb()
     print(json.dumps({"frames": counts["frames"], "seconds": seconds, "peak_mb": peak_mb}))
 
 
