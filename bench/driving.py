@@ -11,7 +11,7 @@ Diversity: the K plans of one anchored call against K vanilla plans from indepen
 on the first scene of every evaluation episode. Planning latency: a pass of its own after the
 episodes, the planners taking turns on the same scenes (batch 1, ``--threads`` threads), so
 both see the same machine; the latencies measured inside the episodes (between simulator
-steps) are kept in the JSON too. ``--latency-only`` re-measures it from the saved planners.
+steps) are kept in the JSON too. ``--latency-only`` re-measures it from the saved planners (``--device cuda``: on a GPU).
 Run it alone.
 """
 
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="episode length, s")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-rounds", type=int, default=20, help="latency pass: calls per scene and planner")
+    parser.add_argument("--device", default="cpu", help="where the planners run in the latency pass (cpu, cuda)")
     parser.add_argument("--latency-only", action="store_true",
                         help="only re-measure planning latency of the saved planners and update result.json")
     parser.add_argument("--out", default="outputs/bench/driving")
@@ -67,7 +68,7 @@ def main() -> None:
     if args.latency_only:
         saved = json.loads((out / "result.json").read_text())
         summaries = saved["summaries"]
-        policies = {name: (Policy.from_checkpoint(out / run_name, device="cpu"), steps)
+        policies = {name: (Policy.from_checkpoint(out / run_name, device=args.device), steps)
                     for name, (_, steps, run_name) in planners.items()}
         add_latency(summaries, policies, first_scenes, args.latency_rounds)
         report(args, summaries, planners)
@@ -126,7 +127,7 @@ def planning_latency(policies: dict[str, tuple], scenes: np.ndarray, rounds: int
     times = {name: [] for name in policies}
     batches = []
     for scene in scenes:
-        batches.append({"state": torch.as_tensor(scene)[None]})
+        batches.append({"state": torch.as_tensor(scene)[None].to(next(iter(policies.values()))[0].device)})
     for name, (policy, steps) in policies.items():        # warm-up: traced graphs built outside the timing
         goal = policy.goal_inputs(policy.spec.tasks[0] if policy.spec.tasks else None, 1)
         for batch in batches[:3]:
@@ -137,6 +138,8 @@ def planning_latency(policies: dict[str, tuple], scenes: np.ndarray, rounds: int
                 goal = policy.goal_inputs(policy.spec.tasks[0] if policy.spec.tasks else None, 1)
                 start = time.perf_counter()
                 policy.predict_action_chunks({**batch, **goal}, steps)
+                if batch["state"].is_cuda:
+                    torch.cuda.synchronize()
                 times[name].append((time.perf_counter() - start) * 1e3)
     return times
 
