@@ -240,8 +240,8 @@ def test_a_killed_lerobot_conversion_resumes_and_bad_datasets_are_named(tmp_path
     from ditpolicy.datasets.convert import lerobot
 
     real = lerobot.read_rows
-    monkeypatch.setattr(lerobot, "read_rows", lambda episode, features: (_ for _ in ()).throw(KeyboardInterrupt)
-                        if episode.index == 2 else real(episode, features))
+    monkeypatch.setattr(lerobot, "read_rows", lambda episode, *a: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if episode.index == 2 else real(episode, *a))
     with pytest.raises(KeyboardInterrupt):
         convert("lerobot", root, tmp_path / "store.zarr", progress=False)
     assert DemoStore.open(tmp_path / "store.zarr").n_episodes == 2

@@ -83,7 +83,7 @@ def task_of(path: Path) -> str:
     return stem[: -len("_demo")] if stem.endswith("_demo") else stem
 
 
-def read_demo(path: Path, demo, name: str, layout: HDF5Layout, flip: str) -> dict[str, np.ndarray]:
+def read_demo(path: Path, demo, name: str, layout: HDF5Layout) -> dict[str, np.ndarray]:
     """One demo's store arrays: action (T, A), state (T, S), rgb_<camera> (T, H, W, 3)."""
     if "actions" not in demo or "obs" not in demo:
         raise ValueError(f"{path}: data/{name} needs 'actions' and 'obs'; it has {sorted(demo.keys())}")
@@ -105,7 +105,7 @@ def read_demo(path: Path, demo, name: str, layout: HDF5Layout, flip: str) -> dic
         if frames.dtype != np.uint8 or frames.ndim != 4:
             raise ValueError(f"{path}: data/{name}/obs/{key} is {frames.dtype} {frames.shape}; "
                              f"images must be uint8 (T, H, W, C)")
-        out[store_key] = upright(frames, flip)
+        out[store_key] = upright(frames, layout.flip)
     lengths = {k: len(v) for k, v in out.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{path}: data/{name} arrays differ in length: {lengths}")
@@ -160,7 +160,7 @@ def convert_hdf5(src: str | Path, out: str | Path, layout: str = "libero", flip:
                 bar = progress_bar(total=len(names), initial=done, desc=path.stem[:40], unit="demo",
                                    disable=not progress)
                 for name in names[done:]:
-                    episode = read_demo(path, data[name], name, chosen, chosen.flip)
+                    episode = read_demo(path, data[name], name, chosen)
                     writer.add_episode(episode, task=name_of_task, instruction=instruction, success=True)
                     counts["episodes"] += 1
                     counts["frames"] += len(episode["action"])

@@ -143,16 +143,30 @@ def episodes_v3(root: Path, info: dict) -> list[Episode]:
     return sorted(episodes, key=lambda e: e.index)
 
 
-def read_rows(episode: Episode, features: dict) -> dict[str, np.ndarray]:
+class ParquetFiles:
+    """The parquet file being converted, read once: a v3 file holds many consecutive episodes."""
+
+    def __init__(self):
+        self.path, self.table = None, None
+
+    def rows(self, episode: Episode):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        if episode.data_file != self.path:
+            if not episode.data_file.exists():
+                raise FileNotFoundError(f"{episode.data_file}: parquet file of episode {episode.index} is missing")
+            self.path, self.table = episode.data_file, pq.read_table(episode.data_file)
+        return self.table.filter(pc.equal(self.table.column("episode_index"), episode.index))
+
+
+def read_rows(episode: Episode, features: dict, files: ParquetFiles) -> dict[str, np.ndarray]:
     """The episode's parquet rows as store arrays (T, ...): numeric and image features."""
     import io
 
-    import pyarrow.parquet as pq
     from PIL import Image
 
-    if not episode.data_file.exists():
-        raise FileNotFoundError(f"{episode.data_file}: parquet file of episode {episode.index} is missing")
-    table = pq.read_table(episode.data_file, filters=[("episode_index", "=", episode.index)])
+    table = files.rows(episode)
     if table.num_rows != episode.length:
         raise ValueError(f"{episode.data_file}: episode {episode.index} has {table.num_rows} rows, "
                          f"its metadata says {episode.length}")
@@ -193,6 +207,7 @@ def convert_lerobot(src: str | Path, out: str | Path, task: str | None = None, o
     name = task or f"lerobot/{root.resolve().name}"
     counts = {"version": version, "episodes": 0, "skipped": 0, "frames": 0}
     streams: dict[str, VideoStream] = {}          # camera -> its open file
+    files = ParquetFiles()
     with EpisodeWriter(out, overwrite=overwrite) as writer:
         done = episodes_of_task(writer, name)
         if done > len(episodes):
@@ -201,7 +216,7 @@ def convert_lerobot(src: str | Path, out: str | Path, task: str | None = None, o
         bar = progress_bar(total=len(episodes), initial=done, desc="convert lerobot", unit="ep", disable=not progress)
         try:
             for episode in episodes[done:]:
-                data = read_rows(episode, info["features"])
+                data = read_rows(episode, info["features"], files)
                 for feature, (path, start) in episode.videos.items():
                     first = int(round(start * fps))
                     stream = streams.get(feature)

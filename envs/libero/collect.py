@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...datasets import EpisodeWriter
+from ...datasets.convert import episodes_of_task
 from ...datasets.stats import refresh_stats
 from ...progress import progress_bar
 from ..collect import COLLECT_SEED_STRIDE
@@ -52,7 +53,7 @@ def collect_libero(suite: str = "libero_object", tasks: list[str] | None = None,
     with EpisodeWriter(out, overwrite=overwrite) as writer:
         for task in pick_tasks(suite, tasks):
             store = writer.reader()
-            had = sum(1 for i in range(store.n_episodes) if store.task_name(i) == task.name)
+            had = episodes_of_task(writer, task.name)
             seeds = [int(s) for i, s in enumerate(store.seeds) if store.task_name(i) == task.name]
             next_seed = max(seeds) + 1 if seeds else seed + COLLECT_SEED_STRIDE * (task.index + 1)
             report = {"task": task.name, "existing": had, "kept": 0, "attempts": 0, "steps": 0}

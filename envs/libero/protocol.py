@@ -32,7 +32,7 @@ class PolicyActor:
         spec = policy.spec
         self.cameras = [k[len("rgb_"):] for k in spec.image_keys]
         self.image_size = spec.obs_shapes[spec.image_keys[0]][0] if self.cameras else 128
-        self.executor = None
+        self.executor: ChunkExecutor | None = None      # the current wave's
 
     def start(self, task, observations: list[dict], episodes: list[int]) -> None:
         n = len(observations)
