@@ -1,5 +1,6 @@
-"""``eval env=libero`` (a checkpoint on a LIBERO suite under the published protocol) and
-``collect env=libero`` (scripted LIBERO-Object demonstrations)."""
+"""``eval env=libero`` (a checkpoint on a LIBERO suite under the published protocol),
+``collect env=libero`` (scripted LIBERO-Object demonstrations) and ``eval env=calvin`` (the
+official chains on CALVIN's simulator)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def collect_libero_demos(cfg: DictConfig) -> int:
     tasks = None if names in (["all"], [None]) else [str(n) for n in names]
     try:
         reports = collect_libero(suite, tasks, positive_int(cfg, "episodes"), str(cfg.out), list(cfg.env.cameras),
-                                 positive_int(cfg, "env.image_size"), integer(cfg, "seed", 0),
+                                 positive_int(cfg, "env.image_size"), flag(cfg, "env.objects"), integer(cfg, "seed", 0),
                                  number(cfg, "max_attempts_factor", above=0.0), flag(cfg, "overwrite"))
     except ValueError as exc:
         raise SettingError(str(exc)) from None
@@ -71,3 +72,42 @@ def collect_libero_demos(cfg: DictConfig) -> int:
               f"{r['kept'] / max(r['attempts'], 1):>8.2f}")
     print(f"wrote {cfg.out}")
     return 0
+
+
+def run_calvin_eval(cfg: DictConfig):
+    """CALVIN's chains on its own simulator (calvin_env, installed from its repository):
+    average length, success@1..5 and per-subtask success in ``result.json``; every finished
+    chain in the resumable ``calvin_chains.jsonl``."""
+    from .envs.calvin.chains import NUM_CHAINS, load_chains
+    from .envs.calvin.protocol import evaluate_chains
+    from .envs.calvin.runner import CalvinRunner, PolicyActor
+    from .policies import Policy
+    from .policies.distributed import resolve_device
+
+    chains = positive_int(cfg, "env.chains")
+    if chains > NUM_CHAINS:
+        raise SettingError(f"env.chains={chains}: CALVIN's evaluation has {NUM_CHAINS} chains")
+    policy = Policy.from_checkpoint(cfg.checkpoint, device=resolve_device(str(cfg.device)))
+    if policy.spec.action_dim != 7:
+        raise SettingError(f"{cfg.checkpoint}: CALVIN takes 7-D relative actions; this policy predicts "
+                           f"{policy.spec.action_dim}")
+    try:
+        actor = PolicyActor(policy, None, None if cfg.n_action_steps is None else positive_int(cfg, "n_action_steps"),
+                            None if cfg.steps is None else positive_int(cfg, "steps"), integer(cfg, "seed", 0))
+        runner = CalvinRunner(actor, cameras=bool(actor.cameras))
+    except (ImportError, ValueError) as exc:
+        raise SettingError(str(exc)) from None
+    out = eval_dir(cfg)
+    results = Path(cfg.env.results) if cfg.env.results else out / "calvin_chains.jsonl"
+    try:
+        summary = evaluate_chains(runner, load_chains()[:chains], results, positive_int(cfg, "env.subtask_steps"))
+    finally:
+        runner.close()
+    summary = {**summary, "subtask_steps": positive_int(cfg, "env.subtask_steps"),
+               "results_file": str(results), "checkpoint": str(Path(cfg.checkpoint).resolve())}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(summary, indent=2))
+    print(f"average length {summary['average_length']:.2f} over {summary['chains']} chains; success@1..5 "
+          + " ".join(f"{v:.2f}" for v in summary["success_at"].values()))
+    print(f"results: {out / 'result.json'}\nchains: {results}")
+    return summary, out

@@ -193,6 +193,9 @@ def run_eval(cfg: DictConfig):
     if cfg.env.name == "libero":
         from .benchmark_commands import run_libero_eval
         return run_libero_eval(cfg)
+    if cfg.env.name == "calvin":
+        from .benchmark_commands import run_calvin_eval
+        return run_calvin_eval(cfg)
     dist = Distributed.from_env(str(cfg.device))
     try:
         return _run_eval(cfg, dist)

@@ -67,10 +67,21 @@ def test_an_episode_starts_from_its_initial_state_settles_and_runs_to_the_limit(
 
 
 def test_the_goal_ends_an_episode_with_success(task):
-    env = LiberoEnv(task)
+    env = LiberoEnv(task, objects=True)
     try:
+        def position(name):                              # the body's world position (a reset may rebuild sim)
+            sim = env.env.sim
+            return sim.data.body_xpos[sim.model.body_name2id(f"{name}_main")]
+
+        start = env.reset(0)["object_state"]            # object of interest, then the basket: 10 numbers each
+        assert start.shape == (20,) and np.allclose(start[:3], position("alphabet_soup_1"), atol=1e-6)
+        assert np.allclose(start[10:13], position("basket_1"), atol=1e-6)
+        assert np.linalg.norm(start[:2] - start[10:12]) > 0.1                 # the can starts outside the basket
         rows = run_wave([env], task, [0], StillActor([env], stage=5), STEP_LIMITS["libero_object"])
         assert rows[0]["success"] and 5 <= rows[0]["steps"] < 60
+        end = env.observation(env.raw)["object_state"]
+        assert np.allclose(end[:3], position("alphabet_soup_1"), atol=1e-6)
+        assert np.linalg.norm(end[:2] - end[10:12]) < 0.05                    # the staged can lies in the basket
     finally:
         env.close()
 
@@ -121,11 +132,14 @@ def test_the_scripted_expert_collects_a_demo_the_protocol_counts_as_success(tmp_
 
     out = tmp_path / "demos.zarr"
     assert cli(["collect", "env=libero", f"task=[{task.name}]", "episodes=1", f"out={out}", "env.cameras=[agentview]",
-                "env.image_size=32"]) == 0
+                "env.image_size=32", "env.objects=true"]) == 0
     store = DemoStore.open(out)
     assert store.n_episodes == 1 and store.task_name(0) == task.name and store.instruction(0) == task.instruction
     episode = store.episode(0)
     assert episode["state"].shape[1] == 15 and episode["action"].shape[1] == 7
+    assert episode["object_state"].shape == (len(episode["action"]), 20)       # the can and the basket
+    can_to_basket = episode["object_state"][:, 0:2] - episode["object_state"][:, 10:12]
+    assert np.linalg.norm(can_to_basket[0]) > 0.1 and np.linalg.norm(can_to_basket[-1]) < 0.08
     assert episode["rgb_agentview"].shape[1:] == (32, 32, 3) and len(episode["action"]) < STEP_LIMITS["libero_object"]
     assert store.seeds[0] >= 100_003                             # a collection placement, not an evaluation state
     # replaying the recorded actions from the same placement reaches the goal again

@@ -1,7 +1,8 @@
 """Scripted LIBERO-Object demonstrations: the privileged-state expert (expert.py) on fresh
 placements drawn by each task's own sampler (collection seeds, never the evaluation's shipped
 initial states), written through the normal store writer with the converter's keys and names
-(task = LIBERO task name, its instruction, ``state``, ``action``, ``rgb_<camera>``)."""
+(task = LIBERO task name, its instruction, ``state``, ``action``, ``rgb_<camera>``, and with
+``objects`` the privileged ``object_state``)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def expert_episode(env: LiberoEnv, seed: int, step_limit: int) -> tuple[dict[str
 
 def collect_libero(suite: str = "libero_object", tasks: list[str] | None = None, episodes: int = 10,
                    out: str = "data/libero_object.zarr", cameras: list[str] = ("agentview", "eye_in_hand"),
-                   image_size: int = 128, seed: int = 0, max_attempts_factor: float = 2.0, overwrite: bool = False,
+                   image_size: int = 128, objects: bool = False, seed: int = 0, max_attempts_factor: float = 2.0, overwrite: bool = False,
                    progress: bool = True) -> list[dict]:
     """``episodes`` successful expert demos per task (an existing store's count toward it);
     returns per task {task, kept, attempts, steps}."""
@@ -57,7 +58,7 @@ def collect_libero(suite: str = "libero_object", tasks: list[str] | None = None,
             seeds = [int(s) for i, s in enumerate(store.seeds) if store.task_name(i) == task.name]
             next_seed = max(seeds) + 1 if seeds else seed + COLLECT_SEED_STRIDE * (task.index + 1)
             report = {"task": task.name, "existing": had, "kept": 0, "attempts": 0, "steps": 0}
-            env = LiberoEnv(task, list(cameras), image_size)
+            env = LiberoEnv(task, list(cameras), image_size, objects)
             bar = progress_bar(total=max(episodes - had, 0), desc=task.name[:40], unit="ep", disable=not progress)
             while had + report["kept"] < episodes and report["attempts"] < max_attempts_factor * episodes:
                 data, ok = expert_episode(env, next_seed + report["attempts"], STEP_LIMITS[suite])

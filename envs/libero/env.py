@@ -4,8 +4,11 @@ Observations: ``state`` (15) = end-effector position (3), orientation as an axis
 gripper finger positions (2), joint positions (7) — the order the LIBERO converter writes
 (ee_pos, ee_ori, gripper_states, joint_states); cameras ``rgb_agentview`` and
 ``rgb_eye_in_hand`` (S, S, 3), turned upright (robosuite renders them rotated by 180 degrees,
-and the converter turns the recorded ones the same way). Actions: 7-D OSC deltas, gripper
--1 open / +1 closed.
+and the converter turns the recorded ones the same way). With ``objects=True`` also
+``object_state`` (10 per object of interest, in the task's BDDL order: world position (3),
+quaternion x, y, z, w (4), position relative to the end effector in its frame (3)) — privileged state, for
+policies trained on the scripted expert's demos without cameras. Actions: 7-D OSC deltas,
+gripper -1 open / +1 closed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from .suites import NOOP, SETTLE_STEPS, LiberoTask
 
 CAMERAS = {"agentview": "agentview_image", "eye_in_hand": "robot0_eye_in_hand_image"}
+OBJECT_FIELDS = ("pos", "quat", "to_robot0_eef_pos")      # per object of interest: 3 + 4 + 3
 
 
 def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
@@ -31,13 +35,13 @@ class LiberoEnv:
     """``reset(episode)``: initial state ``episode`` of the task, then the settle steps;
     ``step(action)`` -> (obs, success)."""
 
-    def __init__(self, task: LiberoTask, cameras: list[str] = (), image_size: int = 128):
+    def __init__(self, task: LiberoTask, cameras: list[str] = (), image_size: int = 128, objects: bool = False):
         from libero.libero.envs.env_wrapper import ControlEnv
 
         unknown = set(cameras) - set(CAMERAS)
         if unknown:
             raise ValueError(f"LIBERO cameras are {sorted(CAMERAS)}; got {sorted(unknown)}")
-        self.task, self.cameras = task, list(cameras)
+        self.task, self.cameras, self.objects = task, list(cameras), objects
         names = [CAMERAS[c].removesuffix("_image") for c in self.cameras]
         self.env = ControlEnv(bddl_file_name=task.bddl_file, use_camera_obs=bool(names),
                               has_offscreen_renderer=bool(names), camera_names=names or ["agentview"],
@@ -51,6 +55,9 @@ class LiberoEnv:
         state = np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
                                 raw["robot0_gripper_qpos"], raw["robot0_joint_pos"]]).astype(np.float32)
         obs = {"state": state}
+        if self.objects:
+            obs["object_state"] = np.concatenate([raw[f"{name}_{field}"] for name in self.env.env.obj_of_interest
+                                                  for field in OBJECT_FIELDS]).astype(np.float32)
         for cam in self.cameras:
             obs[f"rgb_{cam}"] = np.ascontiguousarray(raw[CAMERAS[cam]][::-1, ::-1])
         return obs

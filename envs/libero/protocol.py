@@ -32,6 +32,7 @@ class PolicyActor:
         spec = policy.spec
         self.cameras = [k[len("rgb_"):] for k in spec.image_keys]
         self.image_size = spec.obs_shapes[spec.image_keys[0]][0] if self.cameras else 128
+        self.objects = "object_state" in spec.obs_keys       # a policy trained on privileged object state
         self.executor: ChunkExecutor | None = None      # the current wave's
 
     def start(self, task, observations: list[dict], episodes: list[int]) -> None:
@@ -104,11 +105,12 @@ def evaluate_libero(actor, suite: str, tasks: list[str] | None = None, trials: i
     todo = sum(1 for t in chosen for e in range(trials) if (t.name, e) not in finished)
     bar = progress_bar(total=todo, desc=f"{suite}", unit="ep", disable=not progress)
     cameras, size = getattr(actor, "cameras", []), getattr(actor, "image_size", 128)
+    objects = getattr(actor, "objects", False)
     for task in chosen:
         episodes = [e for e in range(trials) if (task.name, e) not in finished]
         if not episodes:
             continue
-        envs = [LiberoEnv(task, cameras, size) for _ in range(min(num_envs, len(episodes)))]
+        envs = [LiberoEnv(task, cameras, size, objects) for _ in range(min(num_envs, len(episodes)))]
         try:
             for start in range(0, len(episodes), len(envs)):
                 wave = episodes[start:start + len(envs)]
