@@ -23,6 +23,11 @@ def saved_steps(run_dir):
     return sorted(int(p.name.split("_")[1]) for p in ckpts.glob("step_*")) if ckpts.exists() else []
 
 
+def latest_step(run_dir):
+    latest = run_dir / "checkpoints" / "latest"
+    return int(latest.resolve().name.split("_")[1]) if latest.exists() else -1
+
+
 def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
     store = tmp_path / "reach.zarr"
     write_reaching_store(store)
@@ -33,7 +38,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd(store, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not any(s >= 30 for s in saved_steps(killed)):
+    while time.time() < deadline and latest_step(killed) < 30:     # the step directory appears before `latest` moves
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
