@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .commands import eval_dir
-from .settings import SettingError, flag, integer, number, positive_int
+from .settings import SettingError, flag, integer, number, optional_positive_int, positive_int
 
 
 def run_libero_eval(cfg: DictConfig):
@@ -33,8 +33,8 @@ def run_libero_eval(cfg: DictConfig):
     out = eval_dir(cfg)
     results = Path(cfg.env.results) if cfg.env.results else out / f"libero_{suite}.jsonl"
     tasks = OmegaConf.to_object(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else ([cfg.tasks] if cfg.tasks else None)
-    actor = PolicyActor(policy, None if cfg.n_action_steps is None else positive_int(cfg, "n_action_steps"),
-                        None if cfg.steps is None else positive_int(cfg, "steps"))
+    actor = PolicyActor(policy, optional_positive_int(cfg, "n_action_steps"),
+                        optional_positive_int(cfg, "steps"))
     try:
         result = evaluate_libero(actor, suite, tasks, trials=positive_int(cfg, "env.trials"),
                                  num_envs=positive_int(cfg, "num_envs"), results=results)
@@ -92,18 +92,19 @@ def run_calvin_eval(cfg: DictConfig):
         raise SettingError(f"{cfg.checkpoint}: CALVIN takes 7-D relative actions; this policy predicts "
                            f"{policy.spec.action_dim}")
     try:
-        actor = PolicyActor(policy, None, None if cfg.n_action_steps is None else positive_int(cfg, "n_action_steps"),
-                            None if cfg.steps is None else positive_int(cfg, "steps"), integer(cfg, "seed", 0))
+        actor = PolicyActor(policy, None, optional_positive_int(cfg, "n_action_steps"),
+                            optional_positive_int(cfg, "steps"), integer(cfg, "seed", 0))
         runner = CalvinRunner(actor, cameras=bool(actor.cameras))
     except (ImportError, ValueError) as exc:
         raise SettingError(str(exc)) from None
     out = eval_dir(cfg)
     results = Path(cfg.env.results) if cfg.env.results else out / "calvin_chains.jsonl"
+    subtask_steps = positive_int(cfg, "env.subtask_steps")
     try:
-        summary = evaluate_chains(runner, load_chains()[:chains], results, positive_int(cfg, "env.subtask_steps"))
+        summary = evaluate_chains(runner, load_chains()[:chains], results, subtask_steps)
     finally:
         runner.close()
-    summary = {**summary, "subtask_steps": positive_int(cfg, "env.subtask_steps"),
+    summary = {**summary, "subtask_steps": subtask_steps,
                "results_file": str(results), "checkpoint": str(Path(cfg.checkpoint).resolve())}
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(summary, indent=2))

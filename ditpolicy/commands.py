@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .settings import SettingError, choice, flag, integer, number, positive_int
+from .settings import SettingError, choice, flag, integer, number, optional_positive_int, positive_int
 
 
 def collect(cfg: DictConfig) -> int:
@@ -214,7 +214,7 @@ def run_driving_eval(cfg: DictConfig):
     from .policies.distributed import resolve_device
 
     episodes, videos, seed = positive_int(cfg, "episodes"), integer(cfg, "videos", 0), integer(cfg, "seed")
-    steps = None if cfg.steps is None else positive_int(cfg, "steps")
+    steps = optional_positive_int(cfg, "steps")
     policy = Policy.from_checkpoint(cfg.checkpoint, device=resolve_device(str(cfg.device)))
     if policy.spec.action_dim != 16 or policy.spec.horizon != 1:
         raise SettingError(f"{cfg.checkpoint}: a driving planner predicts one 16-number plan (horizon 1, action "
@@ -240,8 +240,8 @@ def _run_eval(cfg: DictConfig, dist):
         raise ValueError(f"env={cfg.env.name!r}: evaluation supports env=metaworld")
     episodes, num_envs = positive_int(cfg, "episodes"), positive_int(cfg, "num_envs")
     max_steps, videos, seed = positive_int(cfg, "env.max_episode_steps"), integer(cfg, "videos", 0), integer(cfg, "seed")
-    steps = None if cfg.steps is None else positive_int(cfg, "steps")
-    n_action_steps = None if cfg.n_action_steps is None else positive_int(cfg, "n_action_steps")
+    steps = optional_positive_int(cfg, "steps")
+    n_action_steps = optional_positive_int(cfg, "n_action_steps")
     backend, quantize = choice(cfg, "backend", ("torch", "onnx")), choice(cfg, "quantize", (None, "int8"))
     if backend == "torch":
         if quantize is not None or cfg.onnx_dir is not None:
@@ -322,7 +322,7 @@ def export(cfg: DictConfig) -> int:
     """Write a checkpoint's policy as ONNX graphs; prints the files and their sizes."""
     choice(cfg, "format", ("onnx",))
     quantize = choice(cfg, "quantize", (None, "int8"))
-    batch_size = None if cfg.batch_size is None else positive_int(cfg, "batch_size")
+    batch_size = optional_positive_int(cfg, "batch_size")
     _require_onnx("export format=onnx")
     from .policies.checkpoint import load_policy, resolve_checkpoint
     from .policies.onnx_export import export_onnx, file_sizes

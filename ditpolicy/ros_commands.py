@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .settings import SettingError, flag, integer, number, positive_int
+from .settings import SettingError, flag, integer, number, optional_positive_int, positive_int
 
 
 def require_ros(what: str) -> None:
@@ -63,7 +63,7 @@ def deploy_ros(cfg: DictConfig, settings, limits) -> int:
     from .deploy.ros2_node import PolicyNode
     from .policies import Policy
 
-    ticks = None if cfg.node.ticks is None else positive_int(cfg, "node.ticks")
+    ticks = optional_positive_int(cfg, "node.ticks")
     node_cfg = node_settings(cfg)
     policy = Policy.from_checkpoint(cfg.checkpoint, device=cfg.device)
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "deploy"
@@ -122,7 +122,7 @@ def record(cfg: DictConfig) -> int:
     from .deploy.recorder import Recorder
 
     duration = float("inf") if cfg.duration_s is None else number(cfg, "duration_s", above=0.0)
-    episodes = None if cfg.episodes is None else positive_int(cfg, "episodes")
+    episodes = optional_positive_int(cfg, "episodes")
     recorder = Recorder(cfg.out, node_settings(cfg), str(cfg.task), list(cfg.cameras), str(cfg.ros.record_topic),
                         overwrite=flag(cfg, "overwrite"), min_steps=positive_int(cfg, "min_steps"))
     end = time.monotonic() + duration

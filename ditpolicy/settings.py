@@ -41,6 +41,11 @@ def positive_int(cfg: DictConfig, key: str) -> int:
     return integer(cfg, key, minimum=1)
 
 
+def optional_positive_int(cfg: DictConfig, key: str) -> int | None:
+    """``cfg.<key>`` as a positive integer, or None where the key is null (the default applies)."""
+    return None if OmegaConf.select(cfg, key, throw_on_missing=True) is None else positive_int(cfg, key)
+
+
 def number(cfg: DictConfig, key: str, low: float | None = None, high: float | None = None,
            above: float | None = None) -> float:
     """``cfg.<key>`` as a finite float within [low, high] and strictly greater than ``above``."""

@@ -43,8 +43,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    latest = (killed / "checkpoints" / "latest").resolve()
-    step_at_kill = int(latest.name.split("_")[1])
+    step_at_kill = latest_step(killed)
     assert 30 <= step_at_kill < STEPS
     # no half-written checkpoint is ever visible as a step directory
     for step in saved_steps(killed):

@@ -46,8 +46,8 @@ def expert_episode(env: LiberoEnv, seed: int, step_limit: int) -> tuple[dict[str
 
 def collect_libero(suite: str = "libero_object", tasks: list[str] | None = None, episodes: int = 10,
                    out: str = "data/libero_object.zarr", cameras: list[str] = ("agentview", "eye_in_hand"),
-                   image_size: int = 128, objects: bool = False, seed: int = 0, max_attempts_factor: float = 2.0, overwrite: bool = False,
-                   progress: bool = True) -> list[dict]:
+                   image_size: int = 128, objects: bool = False, seed: int = 0, max_attempts_factor: float = 2.0,
+                   overwrite: bool = False, progress: bool = True) -> list[dict]:
     """``episodes`` successful expert demos per task (an existing store's count toward it);
     returns per task {task, kept, attempts, steps}."""
     reports = []
