@@ -70,6 +70,11 @@ class SequenceSampler:
 
     Batches are dicts of numpy arrays: each obs key (B, n_obs, ...), ``action`` (B, H, A),
     ``obs_is_pad`` (B, n_obs) bool, ``action_is_pad`` (B, H) bool, ``task_id`` (B,) int64.
+
+    ``future_keys`` add ``future_<key>`` (B, F, ...): the frames ``future_offsets`` (F,) steps
+    after the current one (the last frame repeated past the episode's end). ``action_free``
+    also draws windows from action-free episodes (their actions are the store's zeros) and
+    adds ``has_action`` (B,) bool.
     """
 
     def __init__(
@@ -82,10 +87,15 @@ class SequenceSampler:
         episode_mask: np.ndarray | None = None,
         action_key: str = ACTION_KEY,
         image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+        future_keys: list[str] = (),
+        future_offsets: list[int] = (),
+        action_free: bool = False,
     ):
         if n_obs < 1 or horizon < 1:
             raise ValueError(f"n_obs and horizon must be >= 1, got n_obs={n_obs}, horizon={horizon}")
-        for key in list(obs_keys) + [action_key]:
+        if future_keys and not len(future_offsets):
+            raise ValueError(f"future_keys {list(future_keys)} need future_offsets (steps after the current one)")
+        for key in list(obs_keys) + list(future_keys) + [action_key]:
             store.array(key)  # raises a MissingKeyError naming the store and key
         self.store = store
         self.obs_keys = list(obs_keys)
@@ -94,16 +104,21 @@ class SequenceSampler:
         self.horizon = horizon
         self.pad_after = horizon - 1 if pad_after is None else pad_after
         mask = np.ones(store.n_episodes, bool) if episode_mask is None else np.asarray(episode_mask, bool)
-        mask = mask & store.has_action
+        self.future_keys = list(future_keys)
+        self.action_free = bool(action_free)
+        if not self.action_free:
+            mask = mask & store.has_action
         self.windows = build_windows(store.episode_ends, mask, horizon, self.pad_after)
         self.arrays: dict[str, np.ndarray | object] = {}
-        for key in set(self.obs_keys) | {action_key}:
+        for key in set(self.obs_keys) | set(self.future_keys) | {action_key}:
             arr = store.array(key)
             nbytes = store.n_steps * int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
             lowdim = key not in store.image_keys
             self.arrays[key] = store.read(key) if (lowdim or nbytes <= image_cache_bytes) else arr
         step_episode = np.repeat(np.arange(store.n_episodes), store.episode_lengths)
         self.step_task = store.task_ids[step_episode] if store.n_episodes else np.zeros(0, np.int64)
+        self.step_has_action = store.has_action[step_episode] if store.n_episodes else np.zeros(0, bool)
+        self._future_offsets = np.asarray(list(future_offsets), dtype=np.int64)
         self._obs_offsets = np.arange(-n_obs + 1, 1, dtype=np.int64)
         self._act_offsets = np.arange(horizon, dtype=np.int64)
 
@@ -132,6 +147,13 @@ class SequenceSampler:
         batch["obs_is_pad"] = idx["obs_is_pad"]
         batch["action_is_pad"] = idx["action_is_pad"]
         batch["task_id"] = self.step_task[idx["current"]]
+        if self.future_keys:
+            end = self.windows[rows, 1:2]
+            future = np.minimum(idx["current"][:, None] + self._future_offsets, end - 1)   # (B, F)
+            for key in self.future_keys:
+                batch[f"future_{key}"] = self._gather(key, future)
+        if self.action_free:
+            batch["has_action"] = self.step_has_action[idx["current"]]
         return batch
 
     def __getitem__(self, row: int) -> dict[str, np.ndarray]:

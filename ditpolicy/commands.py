@@ -26,6 +26,7 @@ def collect(cfg: DictConfig) -> int:
         steps_after_success=integer(cfg, "env.steps_after_success", 0),
         max_attempts_factor=number(cfg, "max_attempts_factor", above=0.0),
         keep_failed=flag(cfg, "keep_failed"), overwrite=flag(cfg, "overwrite"), wait=number(cfg, "wait", low=0.0),
+        action_free=flag(cfg, "action_free"),
     )
     from .envs.collect import collect as run_collect
     from .envs.collect import format_reports
@@ -288,6 +289,12 @@ def _run_eval(cfg: DictConfig, dist):
     summary["checkpoint"] = str(Path(cfg.checkpoint).resolve())
     summary["sampler_steps"] = steps or policy.spec.inference_steps
     summary["backend"] = backend if backend == "torch" else f"onnx ({policy.variant}, {policy.export_dir})"
+    if backend == "torch" and policy.spec.denoiser["name"] == "joint":
+        from .policies.world_model_eval import evaluate_checkpoint, format_report
+
+        summary["world_model"] = evaluate_checkpoint(policy, cfg.checkpoint, out, positive_int(cfg, "world_windows"),
+                                                     steps, seed)
+        print(format_report(summary["world_model"]))
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     plot_success(result, out / "success.png", title=f"{Path(cfg.checkpoint).name}: success over {cfg.episodes} episodes/task")
     print(result.table())
@@ -297,6 +304,8 @@ def _run_eval(cfg: DictConfig, dist):
               f"within {seams['within_jump']:.4f} (ratio {seams['ratio']:.2f}); {sched.dropped} actions dropped, "
               f"{sched.blended} steps blended, {sched.starved} starved")
     print(f"results: {out / 'result.json'}\nplot:    {out / 'success.png'}")
+    if "world_model" in summary:
+        print(f"plot:    {summary['world_model']['strip']}")
     for path in (policy.denoiser.write_diagnostics(out) if backend == "torch" else []):
         print(f"plot:    {path}")
     for video in result.videos:

@@ -106,6 +106,7 @@ def collect(
     overwrite: bool = False,
     progress: bool = True,
     wait: float = 0.0,
+    action_free: bool = False,
 ) -> list[TaskReport]:
     """Bring ``out`` to ``episodes`` successful expert episodes per task.
 
@@ -114,6 +115,8 @@ def collect(
     and rerun neither repeats seeds nor overshoots). ``overwrite`` starts from an empty store.
     Failed attempts are retried (up to ``max_attempts_factor`` times the missing episodes
     per task) and stored only with ``keep_failed``; each episode's reset seed is stored.
+    ``action_free`` stores the observations and frames without the expert's actions (flagged
+    action-free): video-only episodes, as a joint video-action policy trains on.
     """
     _positive("episodes", episodes)
     _positive("image_size", image_size)
@@ -137,13 +140,17 @@ def collect(
             while report.kept < needed and report.attempts < max_attempts:
                 episode_seed = first_seed + report.attempts
                 data, success = run_expert_episode(env, expert, episode_seed, steps_after_success)
+                length = len(data["action"])
                 report.attempts += 1
                 if success or keep_failed:
-                    writer.add_episode(data, task=name, instruction=env.instruction, success=success, seed=episode_seed)
-                    report.steps += len(data["action"])
+                    if action_free:
+                        data = {k: v for k, v in data.items() if k != "action"}
+                    writer.add_episode(data, task=name, instruction=env.instruction, success=success, seed=episode_seed,
+                                       has_action=not action_free)
+                    report.steps += length
                 if success:
                     report.kept += 1
-                    report.lengths.append(len(data["action"]))
+                    report.lengths.append(length)
                     bar.update(1)
                 bar.set_postfix(task=name, rate=f"{report.success_rate:.2f}", refresh=False)
             env.close()

@@ -4,6 +4,7 @@ from .checkpoint import CheckpointError
 from .control import ChunkExecutor, ObservationError
 from .denoiser import DENOISERS, Denoiser
 from .dit import DiTDenoiser
+from .joint import JointDenoiser
 from .moe import MoDEDenoiser
 from .policy import DiffusionPolicy
 from .processes import PROCESSES
@@ -12,4 +13,4 @@ from .spec import PolicySpec
 Policy = DiffusionPolicy  # ``Policy.from_checkpoint(dir)``: the one loading entry point
 
 __all__ = ["CheckpointError", "ChunkExecutor", "DENOISERS", "Denoiser", "DiTDenoiser", "DiffusionPolicy",
-           "MoDEDenoiser", "ObservationError", "PROCESSES", "Policy", "PolicySpec"]
+           "JointDenoiser", "MoDEDenoiser", "ObservationError", "PROCESSES", "Policy", "PolicySpec"]

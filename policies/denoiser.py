@@ -24,11 +24,18 @@ Optional hooks:
   anchor) as x_t (B * K, H, A) with the prepared condition of the B samples unrepeated and one
   noise level per sample, t (B,); otherwise the policy repeats the condition and the levels.
 - ``log_values(out)``: training diagnostics (floats) logged beside the loss terms.
+- ``training_forward(x_t, t, prepared, batch, process)``: the training pass, for a family
+  that denoises more than the actions (joint.py: future frames from the batch); its output
+  dict may hold ``action_rows`` (B,) bool, the samples whose action prediction counts.
+- ``sampler_options()``: extra training-window options the family reads (future frames,
+  action-free episodes; datasets/sampler.py); ``fit(store, episode_mask, seed, progress)``:
+  state set from the training data before the first step (an autoencoder).
 - ``write_diagnostics(directory)``: files (plots) written after an evaluation.
 
 A family is a module that subclasses ``Denoiser``, registers itself with
 ``@DENOISERS.register("<name>")``, and a yaml under ``configs/policy/denoiser/`` whose keys
-are its constructor's options. The policy supplies ``action_dim``, ``horizon`` and ``d_model``.
+are its constructor's options. The policy supplies ``action_dim``, ``horizon`` and ``d_model``,
+and ``obs_shapes`` (key -> per-step shape) to a family whose constructor takes it.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .registry import Registry
 
 DENOISERS: Registry["Denoiser"] = Registry("denoiser", "policy.denoiser")
 PREDICTION = "prediction"
+ACTION_ROWS = "action_rows"       # training output: (B,) bool, the samples whose action prediction counts
 
 DenoiserOutput = torch.Tensor | dict[str, torch.Tensor]
 
@@ -73,6 +81,17 @@ class Denoiser(nn.Module):
     def graph_step_inputs(self, t: torch.Tensor):
         """``step_inputs`` as traceable tensor work for graph export (ONNX); None: none."""
         return None
+
+    def training_forward(self, x_t: torch.Tensor, t: torch.Tensor, prepared, batch: dict, process) -> DenoiserOutput:
+        """The forward pass of training; the batch is there for families that read more of it."""
+        return self(x_t, t, prepared)
+
+    def sampler_options(self) -> dict:
+        """Extra SequenceSampler options of the training windows; none by default."""
+        return {}
+
+    def fit(self, store, episode_mask, seed: int, progress: bool = True) -> None:
+        """Set state from the training episodes before the first step; nothing by default."""
 
     def log_values(self, out: DenoiserOutput) -> dict[str, float]:
         """Training diagnostics of a forward pass, by name."""

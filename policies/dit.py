@@ -60,10 +60,12 @@ class Attention(nn.Module):
         d = x.shape[-1]
         return self.out(F.linear(x, self.kv.weight[d:], self.kv.bias[d:]))
 
-    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, 1, N, N_keys) bool: True where a query may read a key."""
         q = self.split(self.q(x))
         k, v = self.keys_values(x) if kv is None else kv
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         b, h, n, dh = y.shape
         return self.out(y.transpose(1, 2).reshape(b, n, h * dh))
 
@@ -81,10 +83,11 @@ class DiTBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cond_kv: tuple[torch.Tensor, torch.Tensor],
-                chain: int | None = None) -> torch.Tensor:
+                chain: int | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, K * H, D): K chains of ``chain`` = H tokens per condition row (default: one chain
         of all N tokens); self-attention stays within a chain, cross-attention and the MLP see
-        every token of the row alike."""
+        every token of the row alike. ``mask`` (B, 1, N, N) bool: which tokens each token's
+        self-attention reads (one chain only)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
         b, n, d = x.shape
         chain = n if chain is None else chain
@@ -94,7 +97,7 @@ class DiTBlock(nn.Module):
         elif n != chain:
             y = self.self_attn(y.reshape(b * (n // chain), chain, d)).reshape(b, n, d)
         else:
-            y = self.self_attn(y)
+            y = self.self_attn(y, mask=mask)
         x = x + tokenwise(gate1) * y
         x = x + self.cross_attn(self.norm_cross(x), kv=cond_kv)
         x = x + tokenwise(gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))

@@ -26,7 +26,7 @@ from torch import nn
 from ..datasets import Normalizer
 from . import batch_random
 from .control import ChunkExecutor, ObservationError, check_observation, pad_chunk
-from .denoiser import DENOISERS
+from .denoiser import ACTION_ROWS, DENOISERS, heads_of
 from .encoders import ImageTokens, ObservationEncoder, ObsSpec
 from .fast_step import FastStep, FlatPrepared
 from .goals import GOAL_INPUTS, GoalEncoder
@@ -55,8 +55,11 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"policy.prefix_delay_max={spec.prefix_delay_max} needs one denoising chain per "
                              f"sample; policy/process={self.process.name} runs {self.process.fan_out}")
         family = DENOISERS.get(spec.denoiser["name"], spec.denoiser.get("module"))
-        takes_heads = "heads" in inspect.signature(family.__init__).parameters     # extra outputs, set here
+        takes = inspect.signature(family.__init__).parameters
+        takes_heads = "heads" in takes                                            # extra outputs, set here
         heads = {"heads": tuple(self.process.heads)} if takes_heads else {}
+        if "obs_shapes" in takes:
+            heads["obs_shapes"] = {k: list(v) for k, v in spec.obs_shapes.items()}
         if self.process.heads and not takes_heads:
             raise ValueError(f"policy/process={self.process.name} needs a denoiser with the head(s) "
                              f"{list(self.process.heads)}; policy/denoiser={spec.denoiser['name']} has none "
@@ -112,7 +115,11 @@ class DiffusionPolicy(nn.Module):
         prepared = self.fan_out(self.denoiser.prepare(self.condition(batch, augment=self.training)))
         t, mask = self.training_levels(actions)
         x_t, t, target = self.process.training_pair(actions, t)
-        out = self.denoiser(x_t, self.chain_levels(t), prepared)
+        out = self.denoiser.training_forward(x_t, self.chain_levels(t), prepared, batch, self.process)
+        rows = heads_of(out).get(ACTION_ROWS)          # samples whose actions count (not action-free)
+        if rows is not None:
+            rows = rows[:, None].expand(actions.shape[:2])
+            mask = rows if mask is None else mask & rows
         terms = {**self.process.loss_terms(out, target, mask), **self.denoiser.loss_terms(out)}
         unweighted = sorted(set(terms) - set(self.loss_weights))
         if unweighted:

@@ -139,22 +139,24 @@ class Trainer:
         stats = self.store.stats or compute_stats(self.store)
         train_mask, val_mask = split_episodes(self.store.n_episodes, float(cfg.dataset.val_fraction), int(t.seed))
         self.spec = build_spec(cfg, self.store)
+        normalizer = Normalizer.from_stats(stats, self.spec.normalize)
+        self.policy = DiffusionPolicy(self.spec, normalizer).to(self.device)
         cache_gb = 0.0 if int(cfg.dataset.loader.workers) > 0 else float(cfg.dataset.image_cache_gb)  # workers decode
         sampler_args = dict(obs_keys=self.spec.obs_keys, n_obs=self.spec.n_obs, horizon=self.spec.horizon,
-                            image_cache_bytes=int(cache_gb * (1 << 30)))
+                            image_cache_bytes=int(cache_gb * (1 << 30)), **self.policy.denoiser.sampler_options())
         self.train_sampler = SequenceSampler(self.store, episode_mask=train_mask, **sampler_args)
         self.val_sampler = SequenceSampler(self.store, episode_mask=val_mask, **sampler_args) if val_mask.any() else None
         if len(self.train_sampler) == 0:
             raise ValueError(f"store {self.store.path}: no training windows (no episodes with actions?)")
-        normalizer = Normalizer.from_stats(stats, self.spec.normalize)
-        self.policy = DiffusionPolicy(self.spec, normalizer).to(self.device)
         if init_from is not None and not cfg.resume:
             self._init_weights(init_from)
         resumed = self._read_resume() if cfg.resume else None
         if resumed is not None:
             self.policy.load_state_dict(resumed[0])
-        elif init_from is None and self.policy.process_state is not None:
-            self._fit_process(train_mask)
+        elif init_from is None:
+            if self.policy.process_state is not None:
+                self._fit_process(train_mask)
+            self.policy.denoiser.fit(self.store, train_mask, int(t.seed), progress=bool(t.progress) and self.dist.is_main)
         # FSDP keeps shards only; rank 0 loads the gathered weights into this copy to save and validate
         fsdp = self.dist.active and dist_cfg.strategy == "fsdp"
         self.replica = copy.deepcopy(self.policy) if fsdp and self.dist.is_main else None
