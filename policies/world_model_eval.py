@@ -35,7 +35,8 @@ def evaluate_world_model(policy, store, episode_mask: np.ndarray, windows: int =
                          seed: int = 0, strip: str | Path | None = None, strip_rows: int = 6,
                          batch_size: int = 32) -> dict:
     """Prediction errors of a joint policy on ``windows`` random action-labelled windows of the
-    masked episodes; writes the PNG ``strip`` when given. Returns the metrics."""
+    masked episodes; writes the PNG ``strip`` (``strip_rows`` windows spread over them, the
+    last future frame of each) when given. Returns the metrics."""
     den = policy.denoiser
     if not isinstance(den, JointDenoiser):
         raise ValueError(f"world-model evaluation needs a joint video-action policy (policy/denoiser=joint); "
@@ -50,7 +51,8 @@ def evaluate_world_model(policy, store, episode_mask: np.ndarray, windows: int =
     rows = np.sort(rng.choice(len(sampler), size=min(windows, len(sampler)), replace=False))
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     sums = {name: [] for name in ("autoencoder", "video", "forward", "inverse", "policy")}
-    shown = None
+    strip_at = set(np.linspace(0, len(rows) - 1, min(strip_rows, len(rows))).round().astype(int).tolist())
+    shown = []                                     # per strip window: its frames, one per FRAME_COLUMNS entry
     for i in range(0, len(rows), batch_size):
         batch = {k: torch.as_tensor(v).to(policy.device) for k, v in sampler.sample_batch(rows[i:i + batch_size]).items()}
         future = batch[future_batch_key(den.future_key)]                          # (B, F, H, W, 3) uint8
@@ -67,9 +69,9 @@ def evaluate_world_model(policy, store, episode_mask: np.ndarray, windows: int =
             sums[name].append(((value - real) ** 2).mean(dim=(1, 2, 3, 4)).cpu())
         for name, value in actions.items():
             sums[name].append(((value - batch[spec.action_key].float()) ** 2).mean(dim=(1, 2)).cpu())
-        if shown is None:
-            now = batch[den.future_key][:, -1].float() / 255.0                    # the current frame (B, H, W, 3)
-            shown = [now, real[:, -1], *(v[:, -1] for v in frames.values())]
+        now = batch[den.future_key][:, -1].float() / 255.0                        # the current frame (B, H, W, 3)
+        columns = [now, real[:, -1], *(v[:, -1] for v in frames.values())]
+        shown += [[c[j - i].cpu().numpy() for c in columns] for j in sorted(strip_at) if i <= j < i + b]
     report = {"windows": int(len(rows)), "future_offsets": den.future_offsets,
               "sampler_steps": steps or spec.inference_steps}
     for name in ("autoencoder", "video", "forward"):
@@ -78,7 +80,7 @@ def evaluate_world_model(policy, store, episode_mask: np.ndarray, windows: int =
     for name in ("inverse", "policy"):
         report[name] = {"action_mse": float(torch.cat(sums[name]).mean())}
     if strip is not None:
-        write_strip([v[:strip_rows].cpu().numpy() for v in shown], Path(strip))
+        write_strip([np.stack(column) for column in zip(*shown)], Path(strip))
         report["strip"] = str(strip)
     return report
 
