@@ -7,7 +7,7 @@ pretrained image autoencoder can be downloaded here, and a few thousand frames o
 train this one to a useful reconstruction in minutes on a CPU.
 
     ae = FrameAutoencoder((84, 84, 3), latent_channels=8, widths=(16, 32, 64, 64))
-    fit_autoencoder(ae, frames, steps=1500, batch_size=32, lr=1e-3)   # frames (N, H, W, 3) uint8
+    loss = ae.reconstruction_loss(frames)      # frames (B, H, W, 3) uint8; the trainer fits it (train.fit_stage)
     z = ae.encode(frames)          # (B, H, W, 3) uint8 -> (B, C, h, w)
     images = ae.decode(z)          # -> (B, H, W, 3) float in [0, 1]
 """
@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..progress import progress_bar
 
 
 def to_unit(frames: torch.Tensor) -> torch.Tensor:
@@ -86,33 +85,3 @@ def psnr(predicted: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor
         return v.float() / 255.0 if v.dtype == torch.uint8 else v.float()
     mse = float(((unit(predicted) - unit(target)) ** 2).mean())
     return 10.0 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def fit_autoencoder(ae: FrameAutoencoder, frames: np.ndarray, steps: int, batch_size: int, lr: float,
-                    seed: int = 0, progress: bool = True) -> float:
-    """Train ``ae`` on frames (N, H, W, 3) uint8 held in memory (random batches, AdamW with a
-    cosine decay); returns the mean reconstruction MSE of the last 50 steps, in [-1, 1] units."""
-    if len(frames) == 0:
-        raise ValueError("the frame autoencoder has no frames to train on")
-    device = next(ae.parameters()).device
-    rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    ae.train()
-    recent: list[float] = []
-    bar = progress_bar(total=steps, desc="autoencoder", unit="step", disable=not progress)
-    for step in range(steps):
-        rows = rng.integers(0, len(frames), min(batch_size, len(frames)))
-        batch = torch.from_numpy(frames[rows]).to(device)
-        loss = ae.reconstruction_loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        recent = (recent + [float(loss.detach())])[-50:]
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(mse=f"{np.mean(recent):.4f}", refresh=False)
-    bar.close()
-    ae.eval()
-    return float(np.mean(recent))

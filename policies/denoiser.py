@@ -28,8 +28,10 @@ Optional hooks:
   that denoises more than the actions (joint.py: future frames from the batch); its output
   dict may hold ``action_rows`` (B,) bool, the samples whose action prediction counts.
 - ``sampler_options()``: extra training-window options the family reads (future frames,
-  action-free episodes; datasets/sampler.py); ``fit(store, episode_mask, seed, progress)``:
-  state set from the training data before the first step (an autoencoder).
+  action-free episodes; datasets/sampler.py); ``fit(store, episode_mask, seed, run_stage)``:
+  state set from the training data before the first step; ``run_stage(module, loss_fn, data,
+  steps, batch_size, lr, desc=...)`` is the trainer's own stage loop (train.fit_stage) for a
+  part to optimise first (the joint family's autoencoder).
 - ``write_diagnostics(directory)``: files (plots) written after an evaluation.
 
 A family is a module that subclasses ``Denoiser``, registers itself with
@@ -90,7 +92,7 @@ class Denoiser(nn.Module):
         """Extra SequenceSampler options of the training windows; none by default."""
         return {}
 
-    def fit(self, store, episode_mask, seed: int, progress: bool = True) -> None:
+    def fit(self, store, episode_mask, seed: int, run_stage) -> None:
         """Set state from the training episodes before the first step; nothing by default."""
 
     def log_values(self, out: DenoiserOutput) -> dict[str, float]:

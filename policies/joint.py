@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import batch_random
-from .autoencoder import FrameAutoencoder, fit_autoencoder
+from .autoencoder import FrameAutoencoder
 from .denoiser import ACTION_ROWS, DENOISERS
 from .dit import DiTDenoiser, modulate, timestep_embedding
 
@@ -98,9 +98,10 @@ class JointDenoiser(DiTDenoiser):
         return {"future_keys": [self.future_key], "future_offsets": self.future_offsets,
                 "action_free": self.action_free}
 
-    def fit(self, store, episode_mask: np.ndarray, seed: int, progress: bool = True) -> None:
+    def fit(self, store, episode_mask: np.ndarray, seed: int, run_stage) -> None:
         """Train the autoencoder on frames of the training episodes (action-free ones too when
-        they train the video stream), then the per-channel latent statistics."""
+        they train the video stream) with the trainer's ``run_stage``, then the per-channel
+        latent statistics."""
         keep = np.asarray(episode_mask, bool) & (store.has_action | self.action_free)
         steps = np.concatenate([np.arange(s, e) for s, e, k in zip(store.episode_starts, store.episode_ends, keep) if k])
         rng = np.random.default_rng(seed)
@@ -108,8 +109,8 @@ class JointDenoiser(DiTDenoiser):
         frames = np.asarray(store.array(self.future_key).get_orthogonal_selection((rows,)))
         torch.manual_seed(seed)
         self.autoencoder.requires_grad_(True)
-        fit_autoencoder(self.autoencoder, frames, int(self.ae_training["steps"]), int(self.ae_training["batch_size"]),
-                        float(self.ae_training["lr"]), seed, progress)
+        run_stage(self.autoencoder, self.autoencoder.reconstruction_loss, frames, int(self.ae_training["steps"]),
+                  int(self.ae_training["batch_size"]), float(self.ae_training["lr"]), desc="autoencoder")
         self.autoencoder.requires_grad_(False)
         device = self.latent_mean.device
         with torch.no_grad():

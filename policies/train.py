@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,37 @@ def to_torch(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
             for k, v in batch.items()}
 
 
+def fit_stage(module: torch.nn.Module, loss_fn, data: np.ndarray, steps: int, batch_size: int, lr: float,
+              seed: int = 0, progress: bool = True, desc: str = "stage") -> float:
+    """A training stage before the main loop, for a part a family fits on its own (the joint
+    family's frame autoencoder): AdamW with a cosine decay on ``module``'s parameters, over
+    random batches of ``data`` (N, ...) held in memory, ``loss_fn(batch tensor) -> scalar``.
+    Returns the mean loss of the last 50 steps."""
+    if len(data) == 0:
+        raise ValueError(f"{desc}: no data to train on")
+    device = next(module.parameters()).device
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    module.train()
+    recent: list[float] = []
+    bar = progress_bar(total=steps, desc=desc, unit="step", disable=not progress)
+    for step in range(steps):
+        rows = rng.integers(0, len(data), min(batch_size, len(data)))
+        loss = loss_fn(torch.from_numpy(data[rows]).to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        recent = (recent + [float(loss.detach())])[-50:]
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(recent):.4f}", refresh=False)
+    bar.close()
+    module.eval()
+    return float(np.mean(recent))
+
+
 def default_objective(policy: DiffusionPolicy, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     """The policy's own loss: its process's and family's named, weighted terms."""
     return policy.compute_loss(batch)
@@ -156,7 +188,8 @@ class Trainer:
         elif init_from is None:
             if self.policy.process_state is not None:
                 self._fit_process(train_mask)
-            self.policy.denoiser.fit(self.store, train_mask, int(t.seed), progress=bool(t.progress) and self.dist.is_main)
+            self.policy.denoiser.fit(self.store, train_mask, int(t.seed),
+                                     partial(fit_stage, seed=int(t.seed), progress=bool(t.progress) and self.dist.is_main))
         # FSDP keeps shards only; rank 0 loads the gathered weights into this copy to save and validate
         fsdp = self.dist.active and dist_cfg.strategy == "fsdp"
         self.replica = copy.deepcopy(self.policy) if fsdp and self.dist.is_main else None

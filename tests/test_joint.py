@@ -8,7 +8,7 @@ import torch
 from helpers import TINY_POLICY
 
 from ditpolicy.datasets import DemoStore, EpisodeWriter, SequenceSampler
-from ditpolicy.policies.autoencoder import FrameAutoencoder, fit_autoencoder, psnr
+from ditpolicy.policies.autoencoder import FrameAutoencoder, psnr
 from ditpolicy.policies.joint import MODES, JointDenoiser, future_batch_key, predict
 
 SIZE = 32
@@ -70,7 +70,9 @@ def test_autoencoder_reconstructs_held_out_frames_above_24_db():
     torch.manual_seed(0)
     ae = FrameAutoencoder((SIZE, SIZE, 3), latent_channels=8, widths=(16, 32, 32))
     assert ae.latent_shape == (8, 4, 4)
-    fit_autoencoder(ae, train, steps=400, batch_size=32, lr=2e-3, progress=False)
+    from ditpolicy.policies.train import fit_stage
+
+    fit_stage(ae, ae.reconstruction_loss, train, steps=400, batch_size=32, lr=2e-3, progress=False)
     with torch.no_grad():
         recon = ae.decode(ae.encode(torch.from_numpy(held_out)))
     assert recon.shape == (64, SIZE, SIZE, 3)
