@@ -6,6 +6,7 @@ writes JSON and each run's world-model strip.
     python bench/joint.py                                         # reach, push, drawer-close; 50 + 50 demos/task
     python bench/joint.py --steps 3000 --batch 64 --eval-episodes 25 --threads 2
     python bench/joint.py --device cuda --steps 4000 --batch 256 --cameras corner,gripperPOV
+    python bench/joint.py --cameras corner,gripperPOV --video-batch 128   # same labelled rows per step, video added
 
 One store holds the labelled demos and, after them, the action-free episodes (fresh expert
 seeds, actions dropped): the DiT and the joint model without ``action_free`` never draw from
@@ -46,6 +47,9 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=50, help="action-labelled expert episodes per task")
     parser.add_argument("--video", type=int, default=None, help="extra action-free episodes per task (default: --demos)")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--video-batch", type=int, default=None,
+                        help="batch of the run with action-free episodes (default: --batch); about --batch x (labelled "
+                             "+ action-free windows) / labelled windows keeps its labelled rows per step equal")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--eval-episodes", type=int, default=25)
     parser.add_argument("--num-envs", type=int, default=10)
@@ -79,8 +83,9 @@ def main() -> None:
     results, policies = {}, {}
     for name in args.runs.split(","):
         run_dir = out / name.replace(" + ", "_")
+        batch = args.video_batch if name == "joint + video" and args.video_batch else args.batch
         cfg = compose("train", [f"dataset.path={store_path}", f"run_dir={run_dir}", f"dataset.obs_keys={obs_keys}",
-                                f"train.steps={args.steps}", f"train.batch_size={args.batch}",
+                                f"train.steps={args.steps}", f"train.batch_size={batch}",
                                 f"train.save_every={args.steps}", f"train.device={args.device}",
                                 f"train.num_threads={args.threads}", *RUNS[name], *args.train,
                                 *(ae_steps if "joint" in name else [])])
@@ -93,7 +98,7 @@ def main() -> None:
         evaluated = evaluate(policy, tasks, episodes=args.eval_episodes, num_envs=args.num_envs,
                              video_dir=run_dir / "videos", videos_per_task=1)
         print(f"\n{name}\n{evaluated.table()}")
-        row = {"train_seconds": json.loads(timing.read_text())["train_seconds"],
+        row = {"train_seconds": json.loads(timing.read_text())["train_seconds"], "batch_size": batch,
                "params": sum(p.numel() for p in policy.parameters()), **evaluated.as_dict()}
         if policy.spec.denoiser["name"] == "joint":
             row["world_model"] = evaluate_checkpoint(policy, run_dir, run_dir / "eval")
@@ -128,7 +133,8 @@ def format_table(results: dict, tasks: list[str], args) -> str:
         wm = row.get("world_model")
         cells = [f"{wm['video']['mse']:.4f} / {wm['video']['psnr']:.1f}", f"{wm['forward']['mse']:.4f} / "
                  f"{wm['forward']['psnr']:.1f}", f"{wm['autoencoder']['psnr']:.1f}"] if wm else ["-", "-", "-"]
-        lines.append(f"| {name} | {row['mean_success']:.2f} | " + " | ".join(f"{per_task[t]:.2f}" for t in tasks)
+        label = name if row["batch_size"] == args.batch else f"{name} (batch {row['batch_size']})"
+        lines.append(f"| {label} | {row['mean_success']:.2f} | " + " | ".join(f"{per_task[t]:.2f}" for t in tasks)
                      + f" | {row['latency_ms']['p50']:.1f} | {row['latency_ms']['p99']:.1f} | " + " | ".join(cells)
                      + f" | {row['train_seconds'] / 60:.1f} |")
     return "\n".join(lines)

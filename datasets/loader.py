@@ -21,10 +21,10 @@ import torch
 from .sampler import SequenceSampler
 
 
-def step_draws(seed: int, step: int, n_windows: int, batch: int) -> tuple[np.ndarray, int]:
-    """(rows (batch,) of the training windows, noise seed) of training step ``step``."""
+def step_draws(seed: int, step: int, sampler: SequenceSampler, batch: int) -> tuple[np.ndarray, int]:
+    """(rows (batch,) of the sampler's training windows, noise seed) of training step ``step``."""
     rng = np.random.default_rng([int(seed), int(step)])
-    return rng.integers(0, n_windows, batch), int(rng.integers(0, 1 << 62))
+    return sampler.draw(rng, batch), int(rng.integers(0, 1 << 62))
 
 
 @dataclass
@@ -57,7 +57,7 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> dict[str, np.ndarray]:
         sampler = self.sampler()
-        rows, _ = step_draws(self.seed, step, len(sampler), self.batch)
+        rows, _ = step_draws(self.seed, step, sampler, self.batch)
         return sampler.sample_batch(rows[self.lo:self.hi])
 
     def __getstate__(self):                      # workers open their own store

@@ -74,7 +74,9 @@ class SequenceSampler:
     ``future_keys`` add ``future_<key>`` (B, F, ...): the frames ``future_offsets`` (F,) steps
     after the current one (the last frame repeated past the episode's end). ``action_free``
     also draws windows from action-free episodes (their actions are the store's zeros) and
-    adds ``has_action`` (B,) bool.
+    adds ``has_action`` (B,) bool; ``action_free_share`` caps the share of rows ``draw`` takes
+    from them (``None``: their share of the windows), so that plentiful video does not crowd the
+    labelled windows out of the batch.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class SequenceSampler:
         future_keys: list[str] = (),
         future_offsets: list[int] = (),
         action_free: bool = False,
+        action_free_share: float | None = None,
     ):
         if n_obs < 1 or horizon < 1:
             raise ValueError(f"n_obs and horizon must be >= 1, got n_obs={n_obs}, horizon={horizon}")
@@ -118,12 +121,39 @@ class SequenceSampler:
         step_episode = np.repeat(np.arange(store.n_episodes), store.episode_lengths)
         self.step_task = store.task_ids[step_episode] if store.n_episodes else np.zeros(0, np.int64)
         self.step_has_action = store.has_action[step_episode] if store.n_episodes else np.zeros(0, bool)
+        self._groups = self._draw_groups(action_free_share)
         self._future_offsets = np.asarray(list(future_offsets), dtype=np.int64)
         self._obs_offsets = np.arange(-n_obs + 1, 1, dtype=np.int64)
         self._act_offsets = np.arange(horizon, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.windows)
+
+    def _draw_groups(self, share: float | None) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """(labelled rows, action-free rows, share of draws from the latter) when ``share`` caps
+        the action-free windows' share below what they hold; None when draws are uniform."""
+        if share is not None and not 0.0 <= float(share) < 1.0:
+            raise ValueError(f"action_free_share must be in [0, 1) (the most of each batch taken from action-free "
+                             f"episodes), got {share}")
+        if share is None or not self.action_free:
+            return None
+        free = ~self.step_has_action[self.windows[:, 2]]
+        labelled_rows, free_rows = np.flatnonzero(~free), np.flatnonzero(free)
+        if not len(labelled_rows) or not len(free_rows) or len(free_rows) <= float(share) * len(self.windows):
+            return None
+        return labelled_rows, free_rows, float(share)
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """(n,) window rows drawn with ``rng``: uniform over the windows, or, with
+        ``action_free_share`` s in force, each row from the action-free windows with probability s
+        and uniform within its group."""
+        if self._groups is None:
+            return rng.integers(0, len(self.windows), n)
+        labelled_rows, free_rows, share = self._groups
+        from_free = rng.random(n) < share
+        rows = labelled_rows[rng.integers(0, len(labelled_rows), n)]
+        rows[from_free] = free_rows[rng.integers(0, len(free_rows), n)][from_free]
+        return rows
 
     def indices(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Step indices and pad masks of windows ``rows``: obs (B, n_obs), action (B, H)."""

@@ -18,7 +18,8 @@ levels then picks what the one network is (``MODES``):
 Training: every labelled sample draws t_a and t_v; a share ``video_absent`` of them trains
 policy mode, a share ``action_absent`` video prediction. Action-free episodes of the store
 (``action_free``) train the video stream alone: their actions are absent, out of the loss and
-out of every gradient.
+out of every gradient; ``action_free_share`` caps their share of each batch, so that plentiful
+video does not crowd out the labelled windows.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class JointDenoiser(DiTDenoiser):
     def __init__(self, action_dim: int, horizon: int, d_model: int, obs_shapes: dict, n_layers: int, n_heads: int,
                  mlp_ratio: float, dropout: float, future_key: str | None, future_offsets: list[int] | None,
                  latent_channels: int, patch: int, autoencoder: dict, action_free: bool, video_absent: float,
-                 action_absent: float):
+                 action_absent: float, action_free_share: float | None = None):
         super().__init__(action_dim, horizon, d_model, n_layers, n_heads, mlp_ratio, dropout)
         cameras = [k for k, s in obs_shapes.items() if len(s) == 3 and s[-1] == 3]
         key = future_key or (cameras[0] if cameras else None)
@@ -74,6 +75,7 @@ class JointDenoiser(DiTDenoiser):
                 raise ValueError(f"policy.denoiser.{name} must be in [0, 1), got {share}")
         self.video_absent, self.action_absent = float(video_absent), float(action_absent)
         self.action_free = bool(action_free)
+        self.action_free_share = None if action_free_share is None else float(action_free_share)
         ae_options = dict(autoencoder)
         self.ae_training = {k: ae_options.pop(k) for k in ("steps", "batch_size", "lr", "frames")}
         self.autoencoder = FrameAutoencoder(tuple(obs_shapes[key]), int(latent_channels), tuple(ae_options["widths"]))
@@ -96,7 +98,7 @@ class JointDenoiser(DiTDenoiser):
     # ------------------------------------------------------------------ data
     def sampler_options(self) -> dict:
         return {"future_keys": [self.future_key], "future_offsets": self.future_offsets,
-                "action_free": self.action_free}
+                "action_free": self.action_free, "action_free_share": self.action_free_share}
 
     def fit(self, store, episode_mask: np.ndarray, seed: int, run_stage) -> None:
         """Train the autoencoder on frames of the training episodes (action-free ones too when

@@ -328,7 +328,7 @@ class Trainer:
         spent getting the batch."""
         t = self.cfg.train
         total = int(t.batch_size)
-        rows, noise_seed = step_draws(int(t.seed), self.step, len(self.train_sampler), total)
+        rows, noise_seed = step_draws(int(t.seed), self.step, self.train_sampler, total)
         mine = self.dist.rank * self.accum * self.micro
         begin = time.perf_counter()
         if batch is None:
@@ -387,7 +387,7 @@ class Trainer:
         torch.manual_seed(12345)
         losses = []
         for _ in range(batches):
-            rows = gen.integers(0, len(self.val_sampler), int(self.cfg.train.batch_size))
+            rows = self.val_sampler.draw(gen, int(self.cfg.train.batch_size))
             losses.append(float(self.objective(policy, to_torch(self.val_sampler.sample_batch(rows), self.device))[0]))
         torch.set_rng_state(cpu_rng)  # validation must not shift the training RNG stream
         return float(np.mean(losses))

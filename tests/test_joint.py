@@ -104,6 +104,31 @@ def test_sampler_gives_future_frames_and_flags_action_free_windows(tmp_path):
     assert "has_action" not in labelled.sample_batch(np.arange(4))
 
 
+def test_action_free_share_caps_the_video_rows_of_each_batch(tmp_path):
+    from ditpolicy.datasets.loader import step_draws
+
+    write_blob_store(tmp_path / "s.zarr")
+    store = DemoStore.open(tmp_path / "s.zarr")
+    args = dict(obs_keys=["state"], n_obs=2, horizon=8, future_keys=["rgb_cam"], future_offsets=[4], action_free=True)
+    uniform = SequenceSampler(store, **args)
+    capped = SequenceSampler(store, **args, action_free_share=0.1)
+    free = ~capped.step_has_action[capped.windows[:, 2]]
+    assert abs(free.mean() - ACTION_FREE / (LABELLED + ACTION_FREE)) < 0.01    # a third of the windows
+    rows = capped.draw(np.random.default_rng(0), 200_000)
+    assert abs(free[rows].mean() - 0.1) < 0.01
+    for group in (free, ~free):                      # uniform within each group: every window, evenly
+        counts = np.bincount(rows[group[rows]], minlength=len(free))[group]
+        assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean()
+    # a cap above the store's share leaves the draws as they were, row for row
+    above = SequenceSampler(store, **args, action_free_share=0.5)
+    assert np.array_equal(above.draw(np.random.default_rng(3), 64), uniform.draw(np.random.default_rng(3), 64))
+    a, seed_a = step_draws(1, 5, capped, 32)
+    b, seed_b = step_draws(1, 5, capped, 32)
+    assert np.array_equal(a, b) and seed_a == seed_b
+    with pytest.raises(ValueError, match="action_free_share"):
+        SequenceSampler(store, **args, action_free_share=1.0)
+
+
 def test_each_mode_sets_the_noise_levels_of_each_stream(trained):
     trainer, _, _ = trained
     policy = trainer.ema_policy()

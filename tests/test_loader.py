@@ -21,7 +21,7 @@ def test_worker_batches_equal_the_in_process_sampler(tmp_path):
     got = list(step_loader(batches, start=5, stop=9, workers=2, prefetch=2))
     assert len(got) == 4
     for step, batch in zip(range(5, 9), got):
-        rows, _ = step_draws(3, step, len(reference), 16)
+        rows, _ = step_draws(3, step, reference, 16)
         want = reference.sample_batch(rows[4:12])
         assert set(batch) == set(want)
         for key in want:
@@ -29,9 +29,11 @@ def test_worker_batches_equal_the_in_process_sampler(tmp_path):
             np.testing.assert_array_equal(batch[key].numpy(), want[key], err_msg=f"step {step}, key {key}")
 
 
-def test_step_draws_depend_on_seed_and_step_only():
-    a, seed_a = step_draws(0, 7, 100, 32)
-    b, seed_b = step_draws(0, 7, 100, 32)
-    c, _ = step_draws(0, 8, 100, 32)
+def test_step_draws_depend_on_seed_and_step_only(tmp_path):
+    write_reaching_store(tmp_path / "s.zarr", episodes=5, length=30)
+    sampler = SequenceSampler(DemoStore.open(tmp_path / "s.zarr"), obs_keys=["state"], n_obs=2, horizon=8)
+    a, seed_a = step_draws(0, 7, sampler, 32)
+    b, seed_b = step_draws(0, 7, sampler, 32)
+    c, _ = step_draws(0, 8, sampler, 32)
     assert np.array_equal(a, b) and seed_a == seed_b and not np.array_equal(a, c)
-    assert a.min() >= 0 and a.max() < 100
+    assert a.min() >= 0 and a.max() < len(sampler)
