@@ -47,10 +47,10 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=50, help="action-labelled expert episodes per task")
     parser.add_argument("--video", type=int, default=None, help="extra action-free episodes per task (default: --demos)")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--video-batch", type=int, default=None,
                         help="batch of the run with action-free episodes (default: --batch); about --batch x (labelled "
                              "+ action-free windows) / labelled windows keeps its labelled rows per step equal")
-    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--eval-episodes", type=int, default=25)
     parser.add_argument("--num-envs", type=int, default=10)
     parser.add_argument("--cameras", default="corner", help="comma-separated; the first is the one predicted")

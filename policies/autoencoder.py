@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 def to_unit(frames: torch.Tensor) -> torch.Tensor:
     """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
     return frames.movedim(-1, -3).float() / 127.5 - 1.0

@@ -117,7 +117,7 @@ def fit_stage(module: torch.nn.Module, loss_fn, data: np.ndarray, steps: int, ba
     device = next(module.parameters()).device
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(0, steps))
     module.train()
     recent: list[float] = []
     bar = progress_bar(total=steps, desc=desc, unit="step", disable=not progress)
