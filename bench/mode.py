@@ -6,6 +6,7 @@ writes JSON.
     python bench/mode.py                              # MT10, 50 demos/task, 15000 steps x 128
     python bench/mode.py --tasks reach,push,pick-place --steps 3000 --eval-episodes 20
     python bench/mode.py --latency-only               # parameters, FLOPs, latency (untrained weights)
+    python bench/mode.py --latency-only --experts 8 --top-k 1 --layers 2   # sparser / shallower MoDE
     python bench/mode.py --device cuda                 # train, evaluate and time on a GPU
 
 Three policies share the data and the step budget: the dense DiT (the default policy), MoDE
@@ -53,11 +54,12 @@ def build(spec_overrides: list[str], stats, tasks: list[str], device: str = "cpu
     return DiffusionPolicy(spec, Normalizer.from_stats(stats, spec.normalize)).to(device).eval()
 
 
-def expert_ratio_for(target: int, which: int, stats, tasks) -> float:
+def expert_ratio_for(target: int, which: int, stats, tasks, routing: list[str]) -> float:
     """The MoDE expert width (as a ratio of d_model) whose total (which=0) or active (which=1)
     parameter count is ``target``: both counts grow linearly with the width, by 3 * d_model
-    weights per unit of width and expert (n_experts of them in total, top_k active)."""
-    probe = build(["policy/denoiser=mode", "policy.denoiser.expert_ratio=1.0"], stats, tasks)
+    weights per unit of width and expert (n_experts of them in total, top_k active).
+    ``routing``: the n_experts / top_k / n_layers overrides of the MoDE runs."""
+    probe = build(["policy/denoiser=mode", *routing, "policy.denoiser.expert_ratio=1.0"], stats, tasks)
     denoiser, d = probe.denoiser, probe.spec.d_model
     experts = denoiser.n_experts if which == 0 else denoiser.top_k
     per_width = len(denoiser.blocks) * experts * 3 * d
@@ -123,6 +125,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="timed batch-1 chunk predictions per setting")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--experts", type=int, default=None, help="experts per MoDE block (default: the config's)")
+    parser.add_argument("--top-k", type=int, default=None, help="experts each noise level uses (default: the config's)")
+    parser.add_argument("--layers", type=int, default=None, help="MoDE blocks (default: the config's, the DiT's depth)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: training, evaluation and latency")
     parser.add_argument("--out", default="outputs/bench/mode")
     args = parser.parse_args()
@@ -136,9 +141,11 @@ def main() -> None:
     stats = store.stats or compute_stats(store)
 
     dense_total = count_params(build([], stats, tasks))[0]
-    ratios = {"mode_active": expert_ratio_for(dense_total, 1, stats, tasks),
-              "mode_total": expert_ratio_for(dense_total, 0, stats, tasks)}
-    overrides = {"dit": [], **{k: ["policy/denoiser=mode", f"policy.denoiser.expert_ratio={r}"]
+    routing = [f"policy.denoiser.{key}={value}" for key, value in
+               (("n_experts", args.experts), ("top_k", args.top_k), ("n_layers", args.layers)) if value]
+    ratios = {"mode_active": expert_ratio_for(dense_total, 1, stats, tasks, routing),
+              "mode_total": expert_ratio_for(dense_total, 0, stats, tasks, routing)}
+    overrides = {"dit": [], **{k: ["policy/denoiser=mode", *routing, f"policy.denoiser.expert_ratio={r}"]
                                for k, r in ratios.items()}}
 
     results, latency = {}, []
