@@ -6,7 +6,7 @@ writes JSON.
     python bench/mode.py                              # MT10, 50 demos/task, 15000 steps x 128
     python bench/mode.py --tasks reach,push,pick-place --steps 3000 --eval-episodes 20
     python bench/mode.py --latency-only               # parameters, FLOPs, latency (untrained weights)
-    python bench/mode.py --latency-only --experts 8 --top-k 1 --layers 2   # sparser / shallower MoDE
+    python bench/mode.py --latency-only --experts 8 --top-k 2 --layers 2   # sparser / shallower MoDE
     python bench/mode.py --device cuda                 # train, evaluate and time on a GPU
 
 Three policies share the data and the step budget: the dense DiT (the default policy), MoDE
