@@ -7,6 +7,7 @@ writes JSON.
     python bench/mode.py --tasks reach,push,pick-place --steps 3000 --eval-episodes 20
     python bench/mode.py --latency-only               # parameters, FLOPs, latency (untrained weights)
     python bench/mode.py --latency-only --experts 8 --top-k 2 --layers 2   # sparser / shallower MoDE
+    python bench/mode.py --experts 8 --layers 2 --runs dit,mode_total   # two of the three policies
     python bench/mode.py --device cuda                 # train, evaluate and time on a GPU
 
 Three policies share the data and the step budget: the dense DiT (the default policy), MoDE
@@ -19,6 +20,7 @@ processes on 2 cores slow each other many times over.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ from ditpolicy.envs.collect import complete_store
 from ditpolicy.envs.metaworld_tasks import resolve_tasks
 from ditpolicy.envs.rollout import evaluate
 from ditpolicy.policies import DiffusionPolicy, MoDEDenoiser, Policy, PolicySpec
-from ditpolicy.policies.latency import measure_chunk_latency
+from ditpolicy.policies.latency import measure_interleaved
 from ditpolicy.policies.train import Trainer
 
 EQUAL = {"dit": "dense DiT", "mode_active": "MoDE, equal active", "mode_total": "MoDE, equal total"}
@@ -79,20 +81,28 @@ def chunk_flops(policy: DiffusionPolicy, steps: int) -> int:
     return int(counter.get_total_flops())
 
 
-def latency_rows(name: str, policy: DiffusionPolicy, steps: int, calls: int) -> list[dict]:
+def latency_rows(policies: dict[str, DiffusionPolicy], steps: int, calls: int) -> list[dict]:
+    """p50 / p99 chunk latency of every policy at batch 1 and 64, MoDE with caching on and
+    off (a copy of each with ``cache`` False). The policies are timed in turn, call by call
+    (``measure_interleaved``), so that the CPU's clock and other load fall on all alike: timed
+    one after another, their batch-1 ratios drifted 2x between runs."""
+    timed = {}
+    for name, policy in policies.items():
+        variants = [(name, policy, None)]
+        if isinstance(policy.denoiser, MoDEDenoiser):
+            uncached = copy.deepcopy(policy)
+            uncached.denoiser.cache = False
+            variants = [(name, policy, True), (name, uncached, False)]
+        for label, variant, cache in variants:
+            variant.set_inference_mode("trace")
+            timed[(label, cache)] = variant
     rows = []
-    caching = [True, False] if isinstance(policy.denoiser, MoDEDenoiser) else [None]
-    for cache in caching:
-        if cache is not None:
-            policy.denoiser.cache = cache
-        for batch_size in (1, 64):
-            policy.set_inference_mode("trace")
-            times = measure_chunk_latency(policy, calls if batch_size == 1 else max(calls // 8, 20), steps,
-                                          batch_size=batch_size)
-            rows.append({"policy": name, "cache": cache, "batch": batch_size, "steps": steps,
-                         "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))})
-    if caching[0] is not None:
-        policy.denoiser.cache = True
+    for batch_size in (1, 64):
+        times = measure_interleaved(dict(enumerate(timed.values())), calls if batch_size == 1 else max(calls // 8, 20),
+                                    steps, batch_size=batch_size)
+        for i, (label, cache) in enumerate(timed):
+            rows.append({"policy": label, "cache": cache, "batch": batch_size, "steps": steps,
+                         "p50_ms": float(np.percentile(times[i], 50)), "p99_ms": float(np.percentile(times[i], 99))})
     return rows
 
 
@@ -128,6 +138,10 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=None, help="experts per MoDE block (default: the config's)")
     parser.add_argument("--top-k", type=int, default=None, help="experts each noise level uses (default: the config's)")
     parser.add_argument("--layers", type=int, default=None, help="MoDE blocks (default: the config's, the DiT's depth)")
+    parser.add_argument("--mode-overrides", nargs="*", default=[],
+                        help="extra policy overrides of the MoDE runs, e.g. policy.denoiser.train_routing=topk")
+    parser.add_argument("--runs", default="dit,mode_active,mode_total",
+                        help="which of dit, mode_active, mode_total to build, train and time")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: training, evaluation and latency")
     parser.add_argument("--out", default="outputs/bench/mode")
     args = parser.parse_args()
@@ -143,13 +157,18 @@ def main() -> None:
     dense_total = count_params(build([], stats, tasks))[0]
     routing = [f"policy.denoiser.{key}={value}" for key, value in
                (("n_experts", args.experts), ("top_k", args.top_k), ("n_layers", args.layers)) if value]
+    routing += args.mode_overrides
     ratios = {"mode_active": expert_ratio_for(dense_total, 1, stats, tasks, routing),
               "mode_total": expert_ratio_for(dense_total, 0, stats, tasks, routing)}
     overrides = {"dit": [], **{k: ["policy/denoiser=mode", *routing, f"policy.denoiser.expert_ratio={r}"]
                                for k, r in ratios.items()}}
 
-    results, latency = {}, []
-    for name, extra in overrides.items():
+    runs = args.runs.split(",")
+    unknown = sorted(set(runs) - set(EQUAL))
+    if unknown:
+        parser.error(f"--runs: unknown {unknown}; choose from {sorted(EQUAL)}")
+    results, built = {}, {}
+    for name, extra in ((k, v) for k, v in overrides.items() if k in runs):
         policy = build(extra, stats, tasks, args.device)
         total, active = count_params(policy)
         row = {"policy": EQUAL[name], "overrides": extra, "params_total": total, "params_active": active,
@@ -161,7 +180,8 @@ def main() -> None:
         if not args.latency_only:
             row.update(train_and_evaluate(name, extra, store_path, tasks, args))
         results[name] = row
-        latency += latency_rows(EQUAL[name], policy, args.sampler_steps, args.calls)
+        built[EQUAL[name]] = policy
+    latency = latency_rows(built, args.sampler_steps, args.calls)
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU threads"
     print(f"\nMoDE vs dense DiT: {len(tasks)} tasks, {args.sampler_steps} sampler steps, {where}")
@@ -179,7 +199,7 @@ def main() -> None:
         print(f"{r['policy']:<22} {str(r['cache']):>6} {r['batch']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
     dense = {r["batch"]: r["p50_ms"] for r in latency if r["policy"] == EQUAL["dit"]}
     for r in latency:
-        if r["cache"]:
+        if r["cache"] and dense:
             print(f"{r['policy']} (cached) / dense DiT at batch {r['batch']}: p50 {r['p50_ms'] / dense[r['batch']]:.2f}x")
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps({"tasks": tasks, "args": vars(args), "policies": results,

@@ -79,6 +79,7 @@ class FastStep:
         self.denoiser = denoiser
         self.mode = mode
         self._graphs: dict[tuple, object] = {}
+        self._step_keys: dict[tuple, tuple] = {}    # (chunk key, step-input shapes) -> (tree spec, graph key)
 
     def _graph(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]):
         """``module`` as a frozen TorchScript graph or a torch.compile'd one, for these inputs."""
@@ -120,17 +121,26 @@ class FastStep:
             return eager
         if isinstance(prepared, FlatPrepared):
             leaves, spec, chunk_key = list(prepared.leaves), prepared.spec, prepared.key
-            prepared = prepared.tree()              # once per chunk, for families with step inputs
+            tree = prepared.tree                    # rebuilt only to key a new step graph
         else:
             leaves, spec = pytree.tree_flatten((prepared,))
             chunk_key = (str(spec), *(tuple(v.shape) for v in leaves))
+
+            def tree():
+                return prepared
 
         def step(x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
             extra = denoiser.step_inputs(t)
             args, args_spec, key = leaves, spec, chunk_key
             if extra is not None:
-                args, args_spec = pytree.tree_flatten((prepared, extra))
-                key = (str(args_spec), *(tuple(v.shape) for v in args))
+                extra_leaves = pytree.tree_leaves(extra)
+                shapes = tuple(tuple(v.shape) for v in extra_leaves)
+                known = self._step_keys.get((chunk_key, shapes))
+                if known is None:       # a family's step inputs keep one structure per shape
+                    args_spec = pytree.tree_flatten((tree(), extra))[1]
+                    known = self._step_keys[chunk_key, shapes] = (args_spec, (str(args_spec), *chunk_key[1:], *shapes))
+                args_spec, key = known
+                args = [*leaves, *extra_leaves]
             key = (tuple(x.shape), tuple(t.shape), x.device, x.dtype, key)
             graph = self._graphs.get(key)
             if graph is None:

@@ -162,10 +162,14 @@ class MoDEDenoiser(Denoiser):
 
     # ------------------------------------------------------------------ expert caching
     def _weights_version(self) -> tuple:
-        params = [self.time_mlp[0].weight, self.time_mlp[0].bias, self.time_mlp[2].weight, self.time_mlp[2].bias]
-        for block in self.blocks:
-            params += [block.router.weight, block.router.bias, block.experts.w13, block.experts.w2]
-        return tuple((id(p), p._version) for p in params)
+        """The version counters (and identities) of the weights routing and fusion read: any
+        in-place change (optimizer step, ``load_state_dict``) or replaced tensor changes it."""
+        refs = self.__dict__.get("_routing_refs")
+        if refs is None:        # (module's parameter dict, name) pairs: plain lookups, and they see replacements
+            modules = [self.time_mlp[0], self.time_mlp[2]] + [m for b in self.blocks for m in (b.router, b.experts)]
+            refs = [(m._parameters, name) for m in modules for name in m._parameters]
+            self.__dict__["_routing_refs"] = refs
+        return tuple((id(params[name]), params[name]._version) for params, name in refs)
 
     def step_inputs(self, t: torch.Tensor):
         """Fused experts of every block for one batch-wide noise level (cached); None when

@@ -99,15 +99,18 @@ def test_the_cache_invalidates_after_an_optimizer_step_and_after_loading():
     after = denoiser.step_inputs(t)
     assert after is not before and not torch.equal(after[0][1], before[0][1])
     other = mode_policy()
-    other.load_state_dict({k: v + 0.1 if v.is_floating_point() else v for k, v in policy.state_dict().items()})
-    loaded = other.denoiser.step_inputs(t)
-    fresh = MoDEDenoiser.step_inputs(other.denoiser, t)
-    assert loaded is fresh
-    c = other.denoiser.noise_embedding(t[:1])
-    idx, gates, _ = other.denoiser.route(other.denoiser.blocks[0].router(c))
-    w13, w2 = other.denoiser.blocks[0].experts.fuse(idx[0], gates[0])
-    torch.testing.assert_close(loaded[0][0], w13)
-    torch.testing.assert_close(loaded[0][1], w2)
+    for assign in (False, True):            # weights copied in place, then parameters replaced
+        stale = other.denoiser.step_inputs(t)
+        shifted = {k: v + 0.1 if v.is_floating_point() else v for k, v in policy.state_dict().items()}
+        other.load_state_dict(shifted, assign=assign)
+        loaded = other.denoiser.step_inputs(t)
+        assert loaded is not stale and other.denoiser.step_inputs(t) is loaded
+        c = other.denoiser.noise_embedding(t[:1])
+        idx, gates, _ = other.denoiser.route(other.denoiser.blocks[0].router(c))
+        w13, w2 = other.denoiser.blocks[0].experts.fuse(idx[0], gates[0])
+        torch.testing.assert_close(loaded[0][0], w13)
+        torch.testing.assert_close(loaded[0][1], w2)
+        policy = other
 
 
 def test_training_logs_the_balance_term_and_routing_per_level():
