@@ -98,11 +98,11 @@ def latency_rows(policies: dict[str, DiffusionPolicy], steps: int, calls: int) -
             timed[(label, cache)] = variant
     rows = []
     for batch_size in (1, 64):
-        times = measure_interleaved(dict(enumerate(timed.values())), calls if batch_size == 1 else max(calls // 8, 20),
-                                    steps, batch_size=batch_size)
-        for i, (label, cache) in enumerate(timed):
+        times = measure_interleaved(timed, calls if batch_size == 1 else max(calls // 8, 20), steps,
+                                    batch_size=batch_size)
+        for (label, cache), ms in times.items():
             rows.append({"policy": label, "cache": cache, "batch": batch_size, "steps": steps,
-                         "p50_ms": float(np.percentile(times[i], 50)), "p99_ms": float(np.percentile(times[i], 99))})
+                         "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))})
     return rows
 
 

@@ -48,9 +48,9 @@ def measure_chunk_latency(policy, calls: int, steps: int | None = None, threads:
     return np.asarray(executor.latencies_ms)
 
 
-def measure_interleaved(policies: dict[str, object], calls: int, steps: int | None = None, warmup: int = 20,
+def measure_interleaved(policies: dict, calls: int, steps: int | None = None, warmup: int = 20,
                         batch_size: int = 1, block: int = 1) -> dict[str, np.ndarray]:
-    """Milliseconds of ``calls`` chunk predictions of each policy (name -> policy: a torch
+    """Milliseconds of ``calls`` chunk predictions of each policy (any key -> policy: a torch
     policy or any with the same interface, e.g. OnnxPolicy), taken in turn: each repetition
     runs every policy once, in an order rotated per repetition, so that load from other
     processes and the CPU's clock changes fall on all of them alike. ``warmup`` untimed
