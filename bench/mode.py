@@ -9,6 +9,8 @@ writes JSON.
     python bench/mode.py --latency-only --experts 8 --top-k 2 --layers 2   # sparser / shallower MoDE
     python bench/mode.py --experts 8 --layers 2 --runs dit,mode_total   # two of the three policies
     python bench/mode.py --device cuda                 # train, evaluate and time on a GPU
+    python bench/mode.py --latency-only --inference-modes trace-steps,trace   # step graphs vs whole-sampler graph
+    python bench/mode.py --runs dit --dit-overrides policy.denoiser.n_layers=2   # a shallower dense DiT
 
 Three policies share the data and the step budget: the dense DiT (the default policy), MoDE
 with as many *active* parameters as the DiT, and MoDE with as many *total* parameters; the
@@ -81,27 +83,30 @@ def chunk_flops(policy: DiffusionPolicy, steps: int) -> int:
     return int(counter.get_total_flops())
 
 
-def latency_rows(policies: dict[str, DiffusionPolicy], steps: int, calls: int) -> list[dict]:
-    """p50 / p99 chunk latency of every policy at batch 1 and 64, MoDE with caching on and
-    off (a copy of each with ``cache`` False). The policies are timed in turn, call by call
-    (``measure_interleaved``), so that the CPU's clock and other load fall on all alike: timed
-    one after another, their batch-1 ratios drifted 2x between runs."""
+def latency_rows(policies: dict[str, DiffusionPolicy], steps: int, calls: int,
+                 modes: tuple[str, ...] = ("trace",)) -> list[dict]:
+    """p50 / p99 chunk latency of every policy at batch 1 and 64 in each inference mode
+    (fast_step.py: ``trace``, the whole sampler as one graph; ``trace-steps``, a graph per
+    step), MoDE with caching on and off (a copy of each with ``cache`` False). The policies
+    are timed in turn, call by call (``measure_interleaved``), so that the CPU's clock and
+    other load fall on all alike: timed one after another, their batch-1 ratios drifted 2x
+    between runs."""
     timed = {}
     for name, policy in policies.items():
-        variants = [(name, policy, None)]
+        variants = [(policy, None)]
         if isinstance(policy.denoiser, MoDEDenoiser):
             uncached = copy.deepcopy(policy)
             uncached.denoiser.cache = False
-            variants = [(name, policy, True), (name, uncached, False)]
-        for label, variant, cache in variants:
-            variant.set_inference_mode("trace")
-            timed[(label, cache)] = variant
+            variants = [(policy, True), (uncached, False)]
+        for variant, cache in variants:
+            for mode in modes:
+                timed[(name, cache, mode)] = copy.deepcopy(variant).set_inference_mode(mode)
     rows = []
     for batch_size in (1, 64):
         times = measure_interleaved(timed, calls if batch_size == 1 else max(calls // 8, 20), steps,
                                     batch_size=batch_size)
-        for (label, cache), ms in times.items():
-            rows.append({"policy": label, "cache": cache, "batch": batch_size, "steps": steps,
+        for (label, cache, mode), ms in times.items():
+            rows.append({"policy": label, "cache": cache, "mode": mode, "batch": batch_size, "steps": steps,
                          "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))})
     return rows
 
@@ -140,9 +145,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="MoDE blocks (default: the config's, the DiT's depth)")
     parser.add_argument("--mode-overrides", nargs="*", default=[],
                         help="extra policy overrides of the MoDE runs, e.g. policy.denoiser.train_routing=topk")
+    parser.add_argument("--dit-overrides", nargs="*", default=[],
+                        help="policy overrides of the dense DiT run, e.g. policy.denoiser.n_layers=2 (the parameter "
+                             "targets of the MoDE runs stay those of the default DiT)")
     parser.add_argument("--runs", default="dit,mode_active,mode_total",
                         help="which of dit, mode_active, mode_total to build, train and time")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: training, evaluation and latency")
+    parser.add_argument("--inference-modes", default="trace",
+                        help="comma-separated modes to time: trace (whole sampler as one graph), trace-steps")
     parser.add_argument("--out", default="outputs/bench/mode")
     args = parser.parse_args()
 
@@ -160,8 +170,9 @@ def main() -> None:
     routing += args.mode_overrides
     ratios = {"mode_active": expert_ratio_for(dense_total, 1, stats, tasks, routing),
               "mode_total": expert_ratio_for(dense_total, 0, stats, tasks, routing)}
-    overrides = {"dit": [], **{k: ["policy/denoiser=mode", *routing, f"policy.denoiser.expert_ratio={r}"]
-                               for k, r in ratios.items()}}
+    overrides = {"dit": list(args.dit_overrides)}
+    for name, ratio in ratios.items():
+        overrides[name] = ["policy/denoiser=mode", *routing, f"policy.denoiser.expert_ratio={ratio}"]
 
     runs = args.runs.split(",")
     unknown = sorted(set(runs) - set(EQUAL))
@@ -181,7 +192,7 @@ def main() -> None:
             row.update(train_and_evaluate(name, extra, store_path, tasks, args))
         results[name] = row
         built[EQUAL[name]] = policy
-    latency = latency_rows(built, args.sampler_steps, args.calls)
+    latency = latency_rows(built, args.sampler_steps, args.calls, tuple(args.inference_modes.split(",")))
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU threads"
     print(f"\nMoDE vs dense DiT: {len(tasks)} tasks, {args.sampler_steps} sampler steps, {where}")
@@ -194,13 +205,15 @@ def main() -> None:
         print(f"\n{'task':<28}" + "".join(f"{EQUAL[k]:>22}" for k in results))
         for task in tasks:
             print(f"{task:<28}" + "".join(f"{results[k]['success'][task]:>22.2f}" for k in results))
-    print(f"\n{'policy':<22} {'cache':>6} {'batch':>6} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"\n{'policy':<22} {'cache':>6} {'mode':>12} {'batch':>6} {'p50 ms':>8} {'p99 ms':>8}")
     for r in latency:
-        print(f"{r['policy']:<22} {str(r['cache']):>6} {r['batch']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
-    dense = {r["batch"]: r["p50_ms"] for r in latency if r["policy"] == EQUAL["dit"]}
+        print(f"{r['policy']:<22} {str(r['cache']):>6} {r['mode']:>12} {r['batch']:>6} {r['p50_ms']:>8.2f} "
+              f"{r['p99_ms']:>8.2f}")
+    dense = {(r["batch"], r["mode"]): r["p50_ms"] for r in latency if r["policy"] == EQUAL["dit"]}
     for r in latency:
-        if r["cache"] and dense:
-            print(f"{r['policy']} (cached) / dense DiT at batch {r['batch']}: p50 {r['p50_ms'] / dense[r['batch']]:.2f}x")
+        if r["cache"] is not None and (r["batch"], r["mode"]) in dense:
+            print(f"{r['policy']} ({'cached' if r['cache'] else 'uncached'}, {r['mode']}) / dense DiT at batch "
+                  f"{r['batch']}: p50 {r['p50_ms'] / dense[r['batch'], r['mode']]:.2f}x")
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps({"tasks": tasks, "args": vars(args), "policies": results,
                                                  "latency": latency}, indent=2))

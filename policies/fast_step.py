@@ -3,8 +3,8 @@
 At batch 1 a denoising step of a small DiT is bound by per-operator overhead, not
 arithmetic. Two ways around it, both keyed by the input shapes and built on first use:
 
-- ``trace``: a frozen TorchScript graph of one step (CPU and CUDA, no compiler needed;
-  about 2x faster than eager on a 2-core CPU);
+- ``trace``: frozen TorchScript graphs (CPU and CUDA, no compiler needed): of the whole
+  sampler of a chunk where it can (below), else of one step (``trace-steps``: always so);
 - ``compile``: ``torch.compile`` of the step (inductor; on CUDA ``reduce-overhead`` adds
   CUDA graphs). Compiling takes tens of seconds on the first call.
 
@@ -14,7 +14,10 @@ work stays outside the step and the step needs no knowledge of the family. A fam
 per-level ``step_inputs(t)`` (denoiser.py) are computed outside the graph each step and
 enter it the same way. The per-chunk work itself (normalising and encoding the
 observations and goals, then ``prepare``) is one more graph in ``trace`` mode
-(``FastStep.prepare``), so a 1-step chunk is two graph calls and little Python.
+(``FastStep.prepare``). A plain chunk (no real-time-chunking prefix, one chain per
+sample, up to ``WHOLE_SAMPLER_MAX_STEPS`` steps) then runs its whole sampler as a second
+graph (``FastStep.sample``): every chunk is two graph calls and little Python, whatever
+its step count. Chunks that continue a previous one step through the step graphs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from torch import nn
 
 from .denoiser import Denoiser, DenoiserOutput
 
-MODES = ("eager", "trace", "compile")
+MODES = ("eager", "trace", "trace-steps", "compile")   # trace-steps: step graphs only, never the whole sampler
+WHOLE_SAMPLER_MAX_STEPS = 32    # longer samplers step through a step graph: an unrolled trace grows with the steps
 
 
 class _FlatStep(nn.Module):
@@ -42,6 +46,30 @@ class _FlatStep(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, *leaves: torch.Tensor) -> DenoiserOutput:
         return self.denoiser(x, t, *pytree.tree_unflatten(list(leaves), self.spec))
+
+
+class _FlatSample(nn.Module):
+    """The whole sampler of one chunk, ``steps`` denoising steps from level ``t_start``, taking
+    the prepared condition as flat tensors: (x (B, H, A) start noise, *leaves) -> sample (B, H, A)."""
+
+    def __init__(self, denoiser: Denoiser, process, spec: pytree.TreeSpec, t_start: float, steps: int):
+        super().__init__()
+        self.denoiser = denoiser
+        self.process = process
+        self.spec = spec
+        self.t_start, self.steps = t_start, steps
+
+    def forward(self, x: torch.Tensor, *leaves: torch.Tensor) -> torch.Tensor:
+        prepared = pytree.tree_unflatten(list(leaves), self.spec)[0]
+        return self.process.sample(eager_step(self.denoiser, prepared), x, self.t_start, self.steps)[0]
+
+
+def eager_step(denoiser: Denoiser, prepared) -> Callable[[torch.Tensor, torch.Tensor], DenoiserOutput]:
+    """``fn(x, t)``: one denoising step in eager mode, with the family's per-level inputs."""
+    def step(x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+        extra = denoiser.step_inputs(t)
+        return denoiser(x, t, prepared) if extra is None else denoiser(x, t, prepared, extra)
+    return step
 
 
 class _Condition(nn.Module):
@@ -112,22 +140,8 @@ class FastStep:
         """``fn(x, t)`` for one chunk: the prepared condition is flattened once here, not per step."""
         denoiser = self.denoiser
         if self.mode == "eager":
-            if isinstance(prepared, FlatPrepared):
-                prepared = prepared.tree()
-
-            def eager(x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
-                extra = denoiser.step_inputs(t)
-                return denoiser(x, t, prepared) if extra is None else denoiser(x, t, prepared, extra)
-            return eager
-        if isinstance(prepared, FlatPrepared):
-            leaves, spec, chunk_key = list(prepared.leaves), prepared.spec, prepared.key
-            tree = prepared.tree                    # rebuilt only to key a new step graph
-        else:
-            leaves, spec = pytree.tree_flatten((prepared,))
-            chunk_key = (str(spec), *(tuple(v.shape) for v in leaves))
-
-            def tree():
-                return prepared
+            return eager_step(denoiser, prepared.tree() if isinstance(prepared, FlatPrepared) else prepared)
+        leaves, spec, chunk_key, tree = _flat(prepared)
 
         def step(x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
             extra = denoiser.step_inputs(t)
@@ -147,3 +161,33 @@ class FastStep:
                 graph = self._graphs[key] = self._graph(_FlatStep(denoiser, args_spec), (x, t, *args))
             return graph(x, t, *args)
         return step
+
+    def sample(self, process, prepared, x: torch.Tensor, t_start: float, steps: int) -> torch.Tensor | None:
+        """The whole sampler of a chunk as one graph (``trace`` mode): x (B, H, A), the start
+        noise -> the sample (B, H, A), ``steps`` steps of ``process`` from level ``t_start``.
+        One graph per (steps, t_start, shapes) drops the step graphs' calls, the sampler's
+        Python between them and per-step work outside the graph: 3-6% of a batch-1 DiT chunk
+        on the CPU, a fifth of a cached MoDE one (bench/latency.py, bench/mode.py). A
+        family's per-level inputs (``step_inputs``, e.g. MoDE's fused experts) are computed
+        once, before tracing, and held in the graph like its weights. None in the other modes
+        and beyond ``WHOLE_SAMPLER_MAX_STEPS`` steps: the caller steps through ``bind``."""
+        if self.mode != "trace" or steps > WHOLE_SAMPLER_MAX_STEPS:
+            return None
+        leaves, spec, chunk_key, tree = _flat(prepared)
+        key = ("sample", float(t_start), int(steps), tuple(x.shape), x.dtype, x.device, chunk_key)
+        graph = self._graphs.get(key)
+        if graph is None:
+            with torch.no_grad():     # fill the family's per-level caches, so the trace reads them as constants
+                process.sample(eager_step(self.denoiser, tree()), x, t_start, steps)
+            graph = self._graphs[key] = self._graph(_FlatSample(self.denoiser, process, spec, t_start, steps),
+                                                    (x, *leaves))
+        return graph(x, *leaves)
+
+
+def _flat(prepared) -> tuple[list, pytree.TreeSpec, tuple, Callable]:
+    """A prepared condition (FlatPrepared or the family's pytree) as (leaves, spec of
+    ``(prepared,)``, the key of graphs that take it, a function rebuilding the pytree)."""
+    if isinstance(prepared, FlatPrepared):
+        return list(prepared.leaves), prepared.spec, prepared.key, prepared.tree
+    leaves, spec = pytree.tree_flatten((prepared,))
+    return leaves, spec, (str(spec), *(tuple(v.shape) for v in leaves)), lambda: prepared

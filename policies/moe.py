@@ -13,6 +13,12 @@ observation and goal tokens enter by cross-attention with keys/values projected 
 chunk, as in the DiT. Each block: ``x += attn(norm(x) + c)`` (MoDE's noise-conditioned
 attention input), ``x += cross_attn(norm(x), cond)``, ``x += moe(norm(x))``.
 
+An optional shared expert (``shared_ratio`` > 0) runs beside the routed ones on every
+token at every level: a dense path that every update trains, while the routed experts add
+capacity. It folds into the cached layer with gate 1. With ``obs_context`` the pooled
+observation joins c in the noise token and in every attention input (the DiT's adaLN reads
+the same sum); the routers still read the noise level alone.
+
 Training picks k experts per sample by multinomial draw from the router's distribution
 (or top-k of noised logits); inference takes the top k. Weights are renormalised over the
 chosen experts. A Switch-style load-balancing term, ``load_balance`` = E * sum_e f_e * P_e,
@@ -75,6 +81,17 @@ class SwiGLUExperts(nn.Module):
         return w13.contiguous(), w2.contiguous()
 
 
+def with_shared(fused: tuple[torch.Tensor, torch.Tensor], shared: SwiGLUExperts) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fused layer (``SwiGLUExperts.fuse``) widened by the always-on shared expert: its W1 and
+    W3 rows join the routed ones' halves, its W2 columns the routed W2 (gate 1)."""
+    w13, w2 = fused
+    lead = w13.shape[:-2]
+    s1, s3 = shared.w13[0].expand(*lead, -1, -1).chunk(2, dim=-2)          # (..., hs, D) each
+    r1, r3 = w13.chunk(2, dim=-2)                                           # (..., kh, D) each
+    w2 = torch.cat([w2, shared.w2[0].expand(*lead, -1, -1)], dim=-1)       # (..., D, kh + hs)
+    return torch.cat([r1, s1, r3, s3], dim=-2).contiguous(), w2.contiguous()
+
+
 def fused_swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """x (B, N, D) through a fused layer shared by the batch (w13 (2kh, D), w2 (D, kh)) or one
     per sample (w13 (B, 2kh, D), w2 (B, D, kh))."""
@@ -86,7 +103,7 @@ def fused_swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.
 
 
 class MoDEBlock(nn.Module):
-    def __init__(self, d: int, n_heads: int, n_experts: int, hidden: int, dropout: float):
+    def __init__(self, d: int, n_heads: int, n_experts: int, hidden: int, dropout: float, shared_hidden: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(d, eps=1e-6)
         self.self_attn = Attention(d, n_heads, dropout)
@@ -95,9 +112,16 @@ class MoDEBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d, eps=1e-6)
         self.router = nn.Linear(d, n_experts)
         self.experts = SwiGLUExperts(n_experts, d, hidden)
+        self.shared = SwiGLUExperts(1, d, shared_hidden) if shared_hidden else None   # always on
         for attention in (self.self_attn, self.cross_attn):   # residual branches start closed
             nn.init.zeros_(attention.out.weight)
             nn.init.zeros_(attention.out.bias)
+
+    def fuse(self, idx: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's whole feed-forward for one route as one dense layer: the chosen experts,
+        gates folded in, plus the shared expert if any."""
+        fused = self.experts.fuse(idx, gates)
+        return fused if self.shared is None else with_shared(fused, self.shared)
 
     def attend(self, x: torch.Tensor, c_seq: torch.Tensor, cond_kv) -> torch.Tensor:
         x = x + self.self_attn(self.norm1(x) + c_seq)
@@ -112,7 +136,7 @@ class MoDEDenoiser(Denoiser):
 
     def __init__(self, action_dim: int, horizon: int, d_model: int, n_layers: int, n_heads: int, n_experts: int,
                  top_k: int, expert_ratio: float, dropout: float, router: str, train_routing: str,
-                 router_noise: float, cache: bool):
+                 router_noise: float, cache: bool, shared_ratio: float = 0.0, obs_context: bool = False):
         super().__init__(action_dim, horizon, d_model)
         if router not in ROUTERS:
             raise ValueError(f"policy.denoiser.router must be one of {ROUTERS}, got {router!r}")
@@ -125,11 +149,17 @@ class MoDEDenoiser(Denoiser):
         self.n_experts, self.top_k = n_experts, top_k
         self.router_kind, self.train_routing, self.router_noise = router, train_routing, router_noise
         self.cache = cache
+        self.obs_context = bool(obs_context)
+        if shared_ratio < 0:
+            raise ValueError(f"policy.denoiser.shared_ratio must be >= 0, got {shared_ratio}")
         hidden = max(1, round(d_model * expert_ratio))
+        shared_hidden = round(d_model * shared_ratio)
         self.action_in = nn.Linear(action_dim, d_model)
         self.position = nn.Parameter(torch.randn(1, horizon, d_model) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
-        self.blocks = nn.ModuleList(MoDEBlock(d_model, n_heads, n_experts, hidden, dropout) for _ in range(n_layers))
+        self.cond_pool = nn.Linear(d_model, d_model) if self.obs_context else None
+        self.blocks = nn.ModuleList(MoDEBlock(d_model, n_heads, n_experts, hidden, dropout, shared_hidden)
+                                    for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(d_model, eps=1e-6)
         self.action_out = nn.Linear(d_model, action_dim)
         nn.init.zeros_(self.action_out.weight)
@@ -158,7 +188,12 @@ class MoDEDenoiser(Denoiser):
         return idx, (gates / gates.sum(dim=-1, keepdim=True)).to(logits.dtype), probs
 
     def prepare(self, cond: torch.Tensor) -> dict:
-        return {"kv": [block.cross_attn.keys_values(cond) for block in self.blocks]}
+        """cond (B, N_cond, D) -> per-block cross-attention keys/values, and with ``obs_context``
+        the pooled condition (B, D)."""
+        prepared = {"kv": [block.cross_attn.keys_values(cond) for block in self.blocks]}
+        if self.cond_pool is not None:
+            prepared["pooled"] = self.cond_pool(cond.mean(dim=1))
+        return prepared
 
     # ------------------------------------------------------------------ expert caching
     def _weights_version(self) -> tuple:
@@ -166,7 +201,8 @@ class MoDEDenoiser(Denoiser):
         in-place change (optimizer step, ``load_state_dict``) or replaced tensor changes it."""
         refs = self.__dict__.get("_routing_refs")
         if refs is None:        # (module's parameter dict, name) pairs: plain lookups, and they see replacements
-            modules = [self.time_mlp[0], self.time_mlp[2]] + [m for b in self.blocks for m in (b.router, b.experts)]
+            modules = [self.time_mlp[0], self.time_mlp[2]]
+            modules += [m for b in self.blocks for m in (b.router, b.experts, b.shared) if m is not None]
             refs = [(m._parameters, name) for m in modules for name in m._parameters]
             self.__dict__["_routing_refs"] = refs
         return tuple((id(params[name]), params[name]._version) for params, name in refs)
@@ -187,7 +223,7 @@ class MoDEDenoiser(Denoiser):
                 fused, routes = [], []
                 for block in self.blocks:
                     idx, gates, _ = self.route(block.router(c))
-                    fused.append(block.experts.fuse(idx[0], gates[0]))
+                    fused.append(block.fuse(idx[0], gates[0]))
                     routes.append((idx[0].tolist(), gates[0].tolist()))
             self._fused[key] = fused
             self.routes[round(level, 7)] = routes
@@ -206,16 +242,17 @@ class MoDEDenoiser(Denoiser):
         fused = []
         for block in self.blocks:
             idx, gates, _ = self.route(block.router(c))                 # (B, k) each
-            fused.append(block.experts.fuse(idx, gates))                # (B, 2kh, D), (B, D, kh)
+            fused.append(block.fuse(idx, gates))                        # (B, 2kh', D), (B, D, kh')
         return fused
 
     # ------------------------------------------------------------------ forward
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, prepared: dict, fused=None):
         b, h, _ = x_t.shape
         c = self.noise_embedding(t)                                     # (B, D) or (B, H, D)
-        c_token = c[:, None] if c.dim() == 2 else c.mean(dim=1, keepdim=True)
-        c_seq = c_token if c.dim() == 2 else torch.cat([c_token, c], dim=1)
-        x = torch.cat([c_token, self.action_in(x_t) + self.position[:, :h]], dim=1)    # (B, 1 + H, D)
+        noise_seq = noise_sequence(c)                                   # (B, 1, D) or (B, 1 + H, D)
+        pooled = prepared.get("pooled")                                 # (B, D) with obs_context
+        c_seq = noise_seq if pooled is None else noise_sequence(c + (pooled if c.dim() == 2 else pooled[:, None]))
+        x = torch.cat([c_seq[:, :1], self.action_in(x_t) + self.position[:, :h]], dim=1)    # (B, 1 + H, D)
         balance, usage = [], []
         for i, (block, kv) in enumerate(zip(self.blocks, prepared["kv"])):
             x = block.attend(x, c_seq, kv)
@@ -225,7 +262,7 @@ class MoDEDenoiser(Denoiser):
                 continue
             rows = y.reshape(-1, self.d_model)                           # (B * (1 + H), D)
             per_sample = self.router_kind == "noise" and c.dim() == 2
-            router_in = rows if self.router_kind == "token" else (c if per_sample else c_seq.reshape(-1, self.d_model))
+            router_in = rows if self.router_kind == "token" else (c if per_sample else noise_seq.flatten(0, 1))
             idx, gates, probs = self.route(block.router(router_in))
             if self.training:
                 balance.append(load_balance(probs, idx, self.n_experts))
@@ -234,6 +271,8 @@ class MoDEDenoiser(Denoiser):
             if per_sample:                                              # a sample's route serves all its tokens
                 idx, gates = (v[:, None].expand(-1, 1 + h, -1).reshape(-1, self.top_k) for v in (idx, gates))
             x = x + block.experts.mix(rows, idx, gates).reshape(x.shape)
+            if block.shared is not None:
+                x = x + block.shared.expert(0, y)
         prediction = self.action_out(self.final_norm(x[:, 1:]))
         if not self.training:
             return prediction
@@ -263,6 +302,15 @@ class MoDEDenoiser(Denoiser):
         path = Path(directory) / "expert_routing.png"
         plot_routes(self.routes, self.n_experts, path)
         return [path]
+
+
+def noise_sequence(c: torch.Tensor) -> torch.Tensor:
+    """The noise token followed by what each action token adds to its attention input: c (B, D)
+    -> (B, 1, D), one level for all; c (B, H, D) per-token levels -> (B, 1 + H, D), the token
+    holding their mean."""
+    if c.dim() == 2:
+        return c[:, None]
+    return torch.cat([c.mean(dim=1, keepdim=True), c], dim=1)
 
 
 def load_balance(probs: torch.Tensor, idx: torch.Tensor, n_experts: int) -> torch.Tensor:

@@ -130,8 +130,12 @@ class OnnxPolicy:
 
     @property
     def fast_step(self) -> "OnnxPolicy":
-        """What DiffusionPolicy.predict_action_chunks calls ``prepare`` and ``bind`` on."""
+        """What DiffusionPolicy.predict_action_chunks calls ``prepare``, ``sample`` and ``bind`` on."""
         return self
+
+    def sample(self, *args) -> None:
+        """No whole-sampler graph here: the sampler steps through ``bind``'s step graph."""
+        return None
 
     def prepare(self, policy, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
         """The per-chunk condition of a batch: ``encode`` after the batch size is checked."""

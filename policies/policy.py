@@ -76,9 +76,10 @@ class DiffusionPolicy(nn.Module):
                         inference_mode: str = "trace") -> "DiffusionPolicy":
         """The policy of a checkpoint directory, or of a run directory's ``checkpoints/latest``.
 
-        Loads the EMA weights by default. ``inference_mode``: ``trace`` (default) runs each
-        denoising step as a frozen TorchScript graph, about twice as fast as ``eager`` at
-        batch 1; ``compile`` uses torch.compile."""
+        Loads the EMA weights by default. ``inference_mode``: ``trace`` (default) runs a
+        chunk's whole sampler as one frozen TorchScript graph (fast_step.py), 1.6-1.8x faster
+        than ``eager`` at batch 1; ``trace-steps`` a graph per step; ``compile`` uses
+        torch.compile."""
         from .checkpoint import load_policy
 
         if device is None:
@@ -86,8 +87,8 @@ class DiffusionPolicy(nn.Module):
         return load_policy(path, device, use_ema, inference_mode)
 
     def set_inference_mode(self, mode: str) -> "DiffusionPolicy":
-        """``eager``, ``trace`` or ``compile`` (fast_step.py). Call it after the weights are
-        final: graphs are built from them."""
+        """``eager``, ``trace``, ``trace-steps`` or ``compile`` (fast_step.py). Call it after
+        the weights are final: graphs are built from them."""
         self.fast_step = FastStep(self.denoiser, mode)
         return self
 
@@ -189,12 +190,18 @@ class DiffusionPolicy(nn.Module):
                                  f"anchor): warm starts (init) and real-time chunking (prefix) are not supported")
             x, t_start = self.process.initial(x, t_start)
             prepared = self.fan_out(prepared)
+        steps = steps or self.spec.inference_steps
+        whole = (self.process.fan_out == 1 and not return_heads and not torch.is_tensor(t_start)
+                 and (prefix is None or prefix.shape[1] == 0))
+        actions = self.fast_step.sample(self.process, prepared, x, float(t_start), steps) if whole else None
+        if actions is not None:         # the whole sampler as one graph (trace mode)
+            return self.normalizer.unnormalize(self.spec.action_key, actions)
         fn = self.fast_step.bind(prepared)
         if self.process.fan_out > 1 and self.denoiser.shares_condition:
             step, fn = fn, lambda x_t, t: step(x_t, self.chain_levels(t))
         if prefix is not None and prefix.shape[1] > 0:
             x, t_start, fn = self._with_prefix(x, t_start, fn, prefix, delay, rtc, decay)
-        actions, heads = self.process.sample(fn, x, t_start, steps or self.spec.inference_steps)
+        actions, heads = self.process.sample(fn, x, t_start, steps)
         actions = self.normalizer.unnormalize(self.spec.action_key, actions)
         return (actions, heads) if return_heads else actions
 

@@ -25,6 +25,8 @@ def mode_policy(*overrides) -> DiffusionPolicy:
     with torch.no_grad():   # open the branches that start closed, so every part shapes the output
         for block in policy.denoiser.blocks:
             block.experts.w2.normal_(std=0.2)
+            if block.shared is not None:
+                block.shared.w2.normal_(std=0.2)
             block.self_attn.out.weight.normal_(std=0.2)
             block.cross_attn.out.weight.normal_(std=0.2)
             block.router.weight.normal_(std=1.0)
@@ -36,10 +38,13 @@ BATCH = {"state": torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(1
 
 
 @pytest.mark.parametrize("mode", ["eager", "trace"])
-@pytest.mark.parametrize("process", ["flow", "ddpm"])
-def test_cached_experts_match_the_uncached_mixture(mode, process):
-    cached = mode_policy(f"policy/process={process}").set_inference_mode(mode)
-    uncached = mode_policy(f"policy/process={process}", "policy.denoiser.cache=false").set_inference_mode(mode)
+@pytest.mark.parametrize("process,shared,obs", [("flow", 0.0, False), ("ddpm", 0.0, False), ("flow", 0.75, True)])
+def test_cached_experts_match_the_uncached_mixture(mode, process, shared, obs):
+    options = (f"policy/process={process}", f"policy.denoiser.shared_ratio={shared}",
+               f"policy.denoiser.obs_context={obs}")
+    cached = mode_policy(*options).set_inference_mode(mode)
+    uncached = mode_policy(*options, "policy.denoiser.cache=false").set_inference_mode(mode)
+    assert (cached.denoiser.blocks[0].shared is None) == (shared == 0)
     for steps in (1, 4, 10):
         a = cached.predict_action_chunks(BATCH, steps, generator=torch.Generator().manual_seed(2))
         b = uncached.predict_action_chunks(BATCH, steps, generator=torch.Generator().manual_seed(2))
@@ -48,14 +53,20 @@ def test_cached_experts_match_the_uncached_mixture(mode, process):
     # the cache holds one entry per visited level: 1 + 4 + 10 levels, some shared
     levels = {round(t, 7) for t in cached.denoiser.routes}
     assert len(cached.denoiser._fused) == len(levels) <= 15
+    if mode == "trace":     # the whole-sampler graphs hold the fused experts: no routing runs in them
+        graphs = {key: str(g.graph) for key, g in cached.fast_step._graphs.items() if key[0] == "sample"}
+        assert len(graphs) == 3 and not any("topk" in g for g in graphs.values())
+        assert all("topk" in str(g.graph) for key, g in uncached.fast_step._graphs.items() if key[0] == "sample")
 
 
-def test_routing_depends_only_on_the_noise_level():
-    policy = mode_policy()
+@pytest.mark.parametrize("obs_context", [False, True])
+def test_routing_depends_only_on_the_noise_level(obs_context):
+    policy = mode_policy(f"policy.denoiser.obs_context={obs_context}")
     denoiser = policy.denoiser
     seen = []
     original = denoiser.route
-    denoiser.route = lambda logits: (lambda r: (seen.append(r[0].clone()), r)[1])(original(logits))
+    # record each route's router probabilities (R, E): equal probabilities, equal experts and gates
+    denoiser.route = lambda logits: (lambda r: (seen.append(r[2].clone()), r)[1])(original(logits))
     prepared = denoiser.prepare(policy.condition(BATCH))
     other = denoiser.prepare(policy.condition({**BATCH, "state": BATCH["state"] * 5 + 1}))
     t = torch.tensor([0.2, 0.7, 0.7])
@@ -63,7 +74,7 @@ def test_routing_depends_only_on_the_noise_level():
         denoiser(x, t, cond)
     first, second = seen[: len(seen) // 2], seen[len(seen) // 2:]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    assert all(torch.equal(a[1], a[2]) for a in first)            # same level, same experts
+    assert all(torch.equal(a[1], a[2]) for a in first)            # same level, same routing
     denoiser(torch.randn(3, 6, 2), torch.tensor([0.95, 0.7, 0.7]), prepared)
     assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, seen[-2:]))   # level changed
     # a token router, for comparison, routes each token from its content

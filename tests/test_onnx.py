@@ -28,7 +28,9 @@ SMALL = ["policy.d_model=32", "policy.denoiser.n_layers=2", "policy.denoiser.n_h
          "policy.n_action_steps=3"]
 FAMILIES = {"dit-flow": ["policy/denoiser=dit", "policy/process=flow"],
             "dit-ddpm": ["policy/denoiser=dit", "policy/process=ddpm"],
-            "mode-flow": ["policy/denoiser=mode", "policy/process=flow"]}
+            "mode-flow": ["policy/denoiser=mode", "policy/process=flow"],
+            "mode-shared-obs": ["policy/denoiser=mode", "policy/process=flow", "policy.denoiser.shared_ratio=1.0",
+                                "policy.denoiser.obs_context=true"]}
 
 
 def small_policy(overrides) -> DiffusionPolicy:

@@ -190,5 +190,11 @@ def test_traced_steps_match_eager(checkpoint, batch):
         a = eager.predict_action_chunks(obs, steps, generator=torch.Generator().manual_seed(3))
         b = traced.predict_action_chunks(obs, steps, generator=torch.Generator().manual_seed(3))
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    # per input shape one step graph, reused across steps, and one graph of the per-chunk condition
-    assert len(traced.fast_step._graphs) == 2
+    # one graph of the per-chunk condition, and one of the whole sampler per step count
+    assert sorted(key[0] for key in traced.fast_step._graphs) == ["prepare", "sample", "sample"]
+    # a chunk that continues a previous one steps through a step graph, shared by its steps
+    prefix = torch.randn(batch, 2, 2)
+    a = eager.predict_action_chunks(obs, 4, generator=torch.Generator().manual_seed(3), prefix=prefix, delay=1)
+    b = traced.predict_action_chunks(obs, 4, generator=torch.Generator().manual_seed(3), prefix=prefix, delay=1)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert len(traced.fast_step._graphs) == 4
