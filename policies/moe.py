@@ -149,7 +149,6 @@ class MoDEDenoiser(Denoiser):
         self.n_experts, self.top_k = n_experts, top_k
         self.router_kind, self.train_routing, self.router_noise = router, train_routing, router_noise
         self.cache = cache
-        self.obs_context = bool(obs_context)
         if shared_ratio < 0:
             raise ValueError(f"policy.denoiser.shared_ratio must be >= 0, got {shared_ratio}")
         hidden = max(1, round(d_model * expert_ratio))
@@ -157,7 +156,7 @@ class MoDEDenoiser(Denoiser):
         self.action_in = nn.Linear(action_dim, d_model)
         self.position = nn.Parameter(torch.randn(1, horizon, d_model) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
-        self.cond_pool = nn.Linear(d_model, d_model) if self.obs_context else None
+        self.cond_pool = nn.Linear(d_model, d_model) if obs_context else None     # obs_context
         self.blocks = nn.ModuleList(MoDEBlock(d_model, n_heads, n_experts, hidden, dropout, shared_hidden)
                                     for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(d_model, eps=1e-6)
