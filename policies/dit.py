@@ -35,6 +35,16 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + tokenwise(scale)) + tokenwise(shift)
 
 
+def xavier_linears(module: nn.Module) -> None:
+    """Every linear layer of ``module``: Xavier-uniform weights, zero biases (children first)."""
+    def init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    module.apply(init)
+
+
 class Attention(nn.Module):
     """Multi-head attention; ``kv`` may be precomputed (B, heads, N, D/heads) pairs."""
 
@@ -147,12 +157,7 @@ class DiTDenoiser(Denoiser):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        def basic(m):
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        self.apply(basic)
+        xavier_linears(self)
         nn.init.normal_(self.position, std=0.02)
         for block in self.blocks:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(block.ada[-1].weight)

@@ -11,13 +11,17 @@ parameters' version counters, so an optimizer step or a checkpoint load invalida
 Tokens: the noise token ``c`` followed by the H action tokens (B, 1 + H, D); the
 observation and goal tokens enter by cross-attention with keys/values projected once per
 chunk, as in the DiT. Each block: ``x += attn(norm(x) + c)`` (MoDE's noise-conditioned
-attention input), ``x += cross_attn(norm(x), cond)``, ``x += moe(norm(x))``.
+attention input), ``x += cross_attn(norm(x), cond)``, ``x += moe(norm(x))``. With
+``conditioning=adaln`` the noise token goes and c modulates the blocks as in the DiT
+(adaLN-Zero shift, scale and gate around the self-attention and the mixture, (B, H, D)
+tokens) and takes the DiT's Xavier initialisation; the routers still read the noise
+embedding alone, so caching is unchanged.
 
 An optional shared expert (``shared_ratio`` > 0) runs beside the routed ones on every
 token at every level: a dense path that every update trains, while the routed experts add
 capacity. It folds into the cached layer with gate 1. With ``obs_context`` the pooled
-observation joins c in the noise token and in every attention input (the DiT's adaLN reads
-the same sum); the routers still read the noise level alone.
+observation joins c in the noise token and every attention input, or in the adaLN
+modulation (the DiT's sum); the routers still read the noise level alone.
 
 Training picks k experts per sample by multinomial draw from the router's distribution
 (or top-k of noised logits); inference takes the top k. Weights are renormalised over the
@@ -36,10 +40,11 @@ from torch import nn
 
 from . import batch_random
 from .denoiser import DENOISERS, Denoiser
-from .dit import Attention, timestep_embedding
+from .dit import Attention, modulate, timestep_embedding, tokenwise, xavier_linears
 
 ROUTERS = ("noise", "token")
 TRAIN_ROUTING = ("multinomial", "noise", "topk")
+CONDITIONING = ("token", "adaln")
 CACHE_SIZE = 256            # noise levels kept; a sampler schedule visits at most a few dozen
 LEVEL_BINS = (("t_low", 0.0, 1 / 3), ("t_mid", 1 / 3, 2 / 3), ("t_high", 2 / 3, 1.01))
 
@@ -103,19 +108,33 @@ def fused_swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.
 
 
 class MoDEBlock(nn.Module):
-    def __init__(self, d: int, n_heads: int, n_experts: int, hidden: int, dropout: float, shared_hidden: int = 0):
+    """One block. Noise conditioning by ``token`` (MoDE's noise token and ``attn(norm(x) + c)``)
+    or ``adaln`` (the DiT's adaLN-Zero: shift, scale and gate of the self-attention and the
+    feed-forward from c)."""
+
+    def __init__(self, d: int, n_heads: int, n_experts: int, hidden: int, dropout: float, shared_hidden: int = 0,
+                 adaln: bool = False):
         super().__init__()
-        self.norm1 = nn.LayerNorm(d, eps=1e-6)
+        self.norm1 = nn.LayerNorm(d, eps=1e-6, elementwise_affine=not adaln)
         self.self_attn = Attention(d, n_heads, dropout)
         self.norm_cross = nn.LayerNorm(d, eps=1e-6)
         self.cross_attn = Attention(d, n_heads, dropout)
-        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6, elementwise_affine=not adaln)
         self.router = nn.Linear(d, n_experts)
         self.experts = SwiGLUExperts(n_experts, d, hidden)
         self.shared = SwiGLUExperts(1, d, shared_hidden) if shared_hidden else None   # always on
-        for attention in (self.self_attn, self.cross_attn):   # residual branches start closed
-            nn.init.zeros_(attention.out.weight)
-            nn.init.zeros_(attention.out.bias)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d)) if adaln else None
+        if adaln:       # the DiT's initialisation; the gates close the branches (adaLN-Zero), and a zero
+            xavier_linears(self)            # gate on a zero branch would leave both without gradient
+            nn.init.zeros_(self.ada[-1].weight)
+            nn.init.zeros_(self.ada[-1].bias)
+            for experts in (self.experts, self.shared):
+                if experts is not None:
+                    nn.init.normal_(experts.w2, std=experts.hidden ** -0.5)
+        else:
+            for attention in (self.self_attn, self.cross_attn):     # residual branches start closed
+                nn.init.zeros_(attention.out.weight)
+                nn.init.zeros_(attention.out.bias)
 
     def fuse(self, idx: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The block's whole feed-forward for one route as one dense layer: the chosen experts,
@@ -123,9 +142,20 @@ class MoDEBlock(nn.Module):
         fused = self.experts.fuse(idx, gates)
         return fused if self.shared is None else with_shared(fused, self.shared)
 
-    def attend(self, x: torch.Tensor, c_seq: torch.Tensor, cond_kv) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x) + c_seq)
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """adaLN: c (B, D) or (B, N, D) -> (shift1, scale1, gate1, shift2, scale2, gate2), each
+        (B, 1, D) or (B, N, D); None with token conditioning."""
+        return None if self.ada is None else tuple(tokenwise(m) for m in self.ada(c).chunk(6, dim=-1))
+
+    def attend(self, x: torch.Tensor, c_seq: torch.Tensor, cond_kv, mod=None) -> torch.Tensor:
+        if mod is None:
+            x = x + self.self_attn(self.norm1(x) + c_seq)
+        else:
+            x = x + mod[2] * self.self_attn(modulate(self.norm1(x), mod[0], mod[1]))
         return x + self.cross_attn(self.norm_cross(x), kv=cond_kv)
+
+    def ffn_input(self, x: torch.Tensor, mod=None) -> torch.Tensor:
+        return self.norm2(x) if mod is None else modulate(self.norm2(x), mod[3], mod[4])
 
 
 @DENOISERS.register("mode")
@@ -136,12 +166,15 @@ class MoDEDenoiser(Denoiser):
 
     def __init__(self, action_dim: int, horizon: int, d_model: int, n_layers: int, n_heads: int, n_experts: int,
                  top_k: int, expert_ratio: float, dropout: float, router: str, train_routing: str,
-                 router_noise: float, cache: bool, shared_ratio: float = 0.0, obs_context: bool = False):
+                 router_noise: float, cache: bool, shared_ratio: float = 0.0, obs_context: bool = False,
+                 conditioning: str = "token"):
         super().__init__(action_dim, horizon, d_model)
         if router not in ROUTERS:
             raise ValueError(f"policy.denoiser.router must be one of {ROUTERS}, got {router!r}")
         if train_routing not in TRAIN_ROUTING:
             raise ValueError(f"policy.denoiser.train_routing must be one of {TRAIN_ROUTING}, got {train_routing!r}")
+        if conditioning not in CONDITIONING:
+            raise ValueError(f"policy.denoiser.conditioning must be one of {CONDITIONING}, got {conditioning!r}")
         if not 1 <= top_k <= n_experts:
             raise ValueError(f"policy.denoiser.top_k={top_k} must be in [1, n_experts={n_experts}]")
         if d_model % n_heads:
@@ -157,9 +190,17 @@ class MoDEDenoiser(Denoiser):
         self.position = nn.Parameter(torch.randn(1, horizon, d_model) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
         self.cond_pool = nn.Linear(d_model, d_model) if obs_context else None     # obs_context
-        self.blocks = nn.ModuleList(MoDEBlock(d_model, n_heads, n_experts, hidden, dropout, shared_hidden)
+        adaln = conditioning == "adaln"
+        self.blocks = nn.ModuleList(MoDEBlock(d_model, n_heads, n_experts, hidden, dropout, shared_hidden, adaln)
                                     for _ in range(n_layers))
-        self.final_norm = nn.LayerNorm(d_model, eps=1e-6)
+        self.final_norm = nn.LayerNorm(d_model, eps=1e-6, elementwise_affine=not adaln)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 2 * d_model)) if adaln else None
+        if adaln:                           # the DiT's initialisation outside the blocks too
+            for m in (self.action_in, self.time_mlp, self.cond_pool):
+                if m is not None:
+                    xavier_linears(m)
+            nn.init.zeros_(self.final_ada[-1].weight)
+            nn.init.zeros_(self.final_ada[-1].bias)
         self.action_out = nn.Linear(d_model, action_dim)
         nn.init.zeros_(self.action_out.weight)
         nn.init.zeros_(self.action_out.bias)
@@ -247,32 +288,44 @@ class MoDEDenoiser(Denoiser):
     # ------------------------------------------------------------------ forward
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, prepared: dict, fused=None):
         b, h, _ = x_t.shape
-        c = self.noise_embedding(t)                                     # (B, D) or (B, H, D)
-        noise_seq = noise_sequence(c)                                   # (B, 1, D) or (B, 1 + H, D)
+        c = self.noise_embedding(t)                                     # (B, D) or (B, H, D): the routers' input
         pooled = prepared.get("pooled")                                 # (B, D) with obs_context
-        c_seq = noise_seq if pooled is None else noise_sequence(c + (pooled if c.dim() == 2 else pooled[:, None]))
-        x = torch.cat([c_seq[:, :1], self.action_in(x_t) + self.position[:, :h]], dim=1)    # (B, 1 + H, D)
+        c_cond = c if pooled is None else c + (pooled if c.dim() == 2 else pooled[:, None])
+        tokens = self.action_in(x_t) + self.position[:, :h]             # (B, H, D)
+        if self.final_ada is not None:                                  # adaLN: the action tokens alone
+            x, c_seq, route_seq = tokens, None, tokenwise(c)
+        else:                                                           # the noise token, then the actions
+            route_seq, c_seq = noise_sequence(c), noise_sequence(c_cond)     # (B, 1, D) or (B, 1 + H, D)
+            x = torch.cat([c_seq[:, :1], tokens], dim=1)                # (B, 1 + H, D)
+        n = x.shape[1]
         balance, usage = [], []
         for i, (block, kv) in enumerate(zip(self.blocks, prepared["kv"])):
-            x = block.attend(x, c_seq, kv)
-            y = block.norm2(x)
+            mod = block.modulation(c_cond)
+            x = block.attend(x, c_seq, kv, mod)
+            y = block.ffn_input(x, mod)
             if fused is not None:                                       # cached: one dense layer
-                x = x + fused_swiglu(y, *fused[i])
-                continue
-            rows = y.reshape(-1, self.d_model)                           # (B * (1 + H), D)
-            per_sample = self.router_kind == "noise" and c.dim() == 2
-            router_in = rows if self.router_kind == "token" else (c if per_sample else noise_seq.flatten(0, 1))
-            idx, gates, probs = self.route(block.router(router_in))
-            if self.training:
-                balance.append(load_balance(probs, idx, self.n_experts))
-                usage.append(F.one_hot(idx, self.n_experts).float().sum(dim=1).reshape(b, -1, self.n_experts)
-                             .mean(dim=1) / self.top_k)                  # (B, E): share of choices
-            if per_sample:                                              # a sample's route serves all its tokens
-                idx, gates = (v[:, None].expand(-1, 1 + h, -1).reshape(-1, self.top_k) for v in (idx, gates))
-            x = x + block.experts.mix(rows, idx, gates).reshape(x.shape)
-            if block.shared is not None:
-                x = x + block.shared.expert(0, y)
-        prediction = self.action_out(self.final_norm(x[:, 1:]))
+                delta = fused_swiglu(y, *fused[i])
+            else:
+                rows = y.reshape(-1, self.d_model)                       # (B * N, D)
+                per_sample = self.router_kind == "noise" and c.dim() == 2
+                router_in = rows if self.router_kind == "token" else (c if per_sample else route_seq.flatten(0, 1))
+                idx, gates, probs = self.route(block.router(router_in))
+                if self.training:
+                    balance.append(load_balance(probs, idx, self.n_experts))
+                    usage.append(F.one_hot(idx, self.n_experts).float().sum(dim=1).reshape(b, -1, self.n_experts)
+                                 .mean(dim=1) / self.top_k)              # (B, E): share of choices
+                if per_sample:                                          # a sample's route serves all its tokens
+                    idx, gates = (v[:, None].expand(-1, n, -1).reshape(-1, self.top_k) for v in (idx, gates))
+                delta = block.experts.mix(rows, idx, gates).reshape(x.shape)
+                if block.shared is not None:
+                    delta = delta + block.shared.expert(0, y)
+            x = x + (delta if mod is None else mod[5] * delta)
+        if self.final_ada is None:
+            out = self.final_norm(x[:, 1:])
+        else:
+            shift, scale = self.final_ada(c_cond).chunk(2, dim=-1)
+            out = modulate(self.final_norm(x), shift, scale)
+        prediction = self.action_out(out)
         if not self.training:
             return prediction
         return {"prediction": prediction, "load_balance": torch.stack(balance).mean(),

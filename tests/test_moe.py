@@ -30,6 +30,10 @@ def mode_policy(*overrides) -> DiffusionPolicy:
             block.self_attn.out.weight.normal_(std=0.2)
             block.cross_attn.out.weight.normal_(std=0.2)
             block.router.weight.normal_(std=1.0)
+            if block.ada is not None:
+                block.ada[-1].weight.normal_(std=0.2)
+        if policy.denoiser.final_ada is not None:
+            policy.denoiser.final_ada[-1].weight.normal_(std=0.2)
         policy.denoiser.action_out.weight.normal_(std=0.2)
     return policy
 
@@ -38,10 +42,12 @@ BATCH = {"state": torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(1
 
 
 @pytest.mark.parametrize("mode", ["eager", "trace"])
-@pytest.mark.parametrize("process,shared,obs", [("flow", 0.0, False), ("ddpm", 0.0, False), ("flow", 0.75, True)])
-def test_cached_experts_match_the_uncached_mixture(mode, process, shared, obs):
+@pytest.mark.parametrize("process,shared,obs,conditioning", [
+    ("flow", 0.0, False, "token"), ("ddpm", 0.0, False, "token"), ("flow", 0.75, True, "token"),
+    ("flow", 0.75, True, "adaln")])
+def test_cached_experts_match_the_uncached_mixture(mode, process, shared, obs, conditioning):
     options = (f"policy/process={process}", f"policy.denoiser.shared_ratio={shared}",
-               f"policy.denoiser.obs_context={obs}")
+               f"policy.denoiser.obs_context={obs}", f"policy.denoiser.conditioning={conditioning}")
     cached = mode_policy(*options).set_inference_mode(mode)
     uncached = mode_policy(*options, "policy.denoiser.cache=false").set_inference_mode(mode)
     assert (cached.denoiser.blocks[0].shared is None) == (shared == 0)
@@ -59,9 +65,9 @@ def test_cached_experts_match_the_uncached_mixture(mode, process, shared, obs):
         assert all("topk" in str(g.graph) for key, g in uncached.fast_step._graphs.items() if key[0] == "sample")
 
 
-@pytest.mark.parametrize("obs_context", [False, True])
-def test_routing_depends_only_on_the_noise_level(obs_context):
-    policy = mode_policy(f"policy.denoiser.obs_context={obs_context}")
+@pytest.mark.parametrize("obs_context,conditioning", [(False, "token"), (True, "token"), (True, "adaln")])
+def test_routing_depends_only_on_the_noise_level(obs_context, conditioning):
+    policy = mode_policy(f"policy.denoiser.obs_context={obs_context}", f"policy.denoiser.conditioning={conditioning}")
     denoiser = policy.denoiser
     seen = []
     original = denoiser.route
@@ -153,3 +159,27 @@ def test_a_mode_checkpoint_round_trips_and_plots_its_routing(tmp_path):
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
     paths = loaded.denoiser.write_diagnostics(tmp_path / "eval")
     assert [p.name for p in paths] == ["expert_routing.png"] and paths[0].stat().st_size > 2000
+
+
+@pytest.mark.parametrize("conditioning", ["token", "adaln"])
+def test_every_branch_learns_from_the_first_step(conditioning):
+    """Freshly built (no branch opened by hand): within three steps the gradient reaches the
+    experts' output weights, both attentions' output and, with adaLN, the modulation; a closed
+    gate on a closed branch would leave both at zero for good."""
+    torch.manual_seed(0)
+    spec = PolicySpec.from_config(policy_config([*MODE, f"policy.denoiser.conditioning={conditioning}"]),
+                                  {"state": [5]}, [], 2, ["a", "b"])
+    stats = {"state": array_stats(np.random.default_rng(0).normal(size=(50, 5))),
+             "action": array_stats(np.random.default_rng(1).normal(size=(50, 2)))}
+    policy = DiffusionPolicy(spec, Normalizer.from_stats(stats, spec.normalize)).train()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    for _ in range(3):      # the output layer opens in step 1, the adaLN gates in step 2
+        optimizer.zero_grad()
+        policy.compute_loss({**BATCH, "action": torch.randn(3, 6, 2)})[0].backward()
+        optimizer.step()
+    block = policy.denoiser.blocks[0]
+    grads = {"experts": block.experts.w2.grad, "self_attn": block.self_attn.out.weight.grad,
+             "cross_attn": block.cross_attn.out.weight.grad}
+    if conditioning == "adaln":
+        grads["ada"] = block.ada[-1].weight.grad
+    assert all(g.abs().sum() > 0 for g in grads.values()), {k: float(g.abs().sum()) for k, g in grads.items()}

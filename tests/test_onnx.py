@@ -30,7 +30,9 @@ FAMILIES = {"dit-flow": ["policy/denoiser=dit", "policy/process=flow"],
             "dit-ddpm": ["policy/denoiser=dit", "policy/process=ddpm"],
             "mode-flow": ["policy/denoiser=mode", "policy/process=flow"],
             "mode-shared-obs": ["policy/denoiser=mode", "policy/process=flow", "policy.denoiser.shared_ratio=1.0",
-                                "policy.denoiser.obs_context=true"]}
+                                "policy.denoiser.obs_context=true"],
+            "mode-adaln": ["policy/denoiser=mode", "policy/process=flow", "policy.denoiser.conditioning=adaln",
+                           "policy.denoiser.obs_context=true"]}
 
 
 def small_policy(overrides) -> DiffusionPolicy:
