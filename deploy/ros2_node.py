@@ -287,7 +287,9 @@ class PolicyNode:
 
     def run(self, should_stop=lambda: False, ticks: int | None = None) -> list[dict]:
         """Run the policy until ``should_stop()`` (or ``ticks`` control ticks); one report per
-        runtime start (a latched stop waits for ``~/reset``, then starts a fresh runtime)."""
+        runtime start (a latched stop waits for ``~/reset``, then starts a fresh runtime; a start
+        that had no safe command to hold yet is retried at once and its report says
+        ``restarted``)."""
         reports = []
         while not should_stop():
             if not self.wait_for_observation(should_stop):
@@ -307,6 +309,7 @@ class PolicyNode:
                 # nothing safe to hold yet (the first observation went stale while the first
                 # chunk was computed): start again from fresh observations, no reset needed
                 self.node.get_logger().warning(f"no safe command yet ({stopped}); starting again")
+                report["restarted"] = True
                 self.buffer.arrived.clear()
                 self.buffer.arrived.wait(1.0)
                 continue

@@ -158,7 +158,8 @@ def test_policy_node_drives_the_sim_robot_safely(recorded_run, tmp_path):
         sim.send_signal(signal.SIGINT)
         sim_out = finish(sim, 20)
     assert not runner.is_alive()
-    assert [r["stopped_by"] for r in reports][:2] == ["safety: estop", "safety: stale_stop"]
+    latched = [r["stopped_by"] for r in reports if not r.get("restarted")]     # startup retries aside
+    assert latched[:2] == ["safety: estop", "safety: stale_stop"]
     report = json.loads(sim_report.read_text())
     assert [e["success"] for e in report["episodes"]] == [True, True], sim_out
     assert report["nonfinite_commands"] == 0
