@@ -6,7 +6,7 @@ writes JSON and each run's world-model strip.
     python bench/joint.py                                         # reach, push, drawer-close; 50 + 50 demos/task
     python bench/joint.py --steps 3000 --batch 64 --eval-episodes 25 --threads 2
     python bench/joint.py --device cuda --steps 4000 --batch 256 --cameras corner,gripperPOV
-    python bench/joint.py --cameras corner,gripperPOV --video-batch 128   # same labelled rows per step, video added
+    python bench/joint.py --cameras corner,gripperPOV --video-batch 86    # same labelled rows per step, video added
 
 One store holds the labelled demos and, after them, the action-free episodes (fresh expert
 seeds, actions dropped): the DiT and the joint model without ``action_free`` never draw from
@@ -49,8 +49,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--video-batch", type=int, default=None,
-                        help="batch of the run with action-free episodes (default: --batch); about --batch x (labelled "
-                             "+ action-free windows) / labelled windows keeps its labelled rows per step equal")
+                        help="batch of the run with action-free episodes (default: --batch); --batch / (1 - "
+                             "action_free_share), 86 for 64 at the default cap of 0.25, keeps its labelled rows per "
+                             "step equal")
     parser.add_argument("--eval-episodes", type=int, default=25)
     parser.add_argument("--num-envs", type=int, default=10)
     parser.add_argument("--cameras", default="corner", help="comma-separated; the first is the one predicted")

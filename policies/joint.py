@@ -7,19 +7,24 @@ grid of a small autoencoder the trainer fits on the store first (autoencoder.py)
 modulated by its own stream's noise level, drawn independently in training.
 
 A stream at maximum noise carries no information, so here it is *absent*: its tokens are left
-out of the sequence at inference and masked out of attention in training. The choice of
-levels then picks what the one network is (``MODES``):
+out of the sequence at inference, and in training no token reads them (an absent stream) or
+the actions do not (a policy row, below). The choice of levels then picks what the one
+network is (``MODES``):
 
     policy            actions sampled, video absent: exactly the plain DiT's work per step
     video             video sampled, actions absent: predict the future frames
     forward           video sampled, actions given clean (level 0): forward dynamics
     inverse           actions sampled, video given clean (level 0): inverse dynamics
 
-Training: every labelled sample draws t_a and t_v; a share ``video_absent`` of them trains
-policy mode, a share ``action_absent`` video prediction. Action-free episodes of the store
-(``action_free``) train the video stream alone: their actions are absent, out of the loss and
-out of every gradient; ``action_free_share`` caps their share of each batch, so that plentiful
-video does not crowd out the labelled windows.
+Training: every labelled sample draws t_a and t_v and denoises both streams. In a share
+``policy_share`` of them the action tokens do not read the frame tokens (the frames still read
+the actions): their action prediction is exactly the policy mode's, so the policy trains on
+most rows as the plain DiT does while the frames train on every row. The other rows train
+inverse dynamics (actions read frames at any level); a share ``action_absent`` leaves the actions
+out (video prediction). Action-free episodes of the store (``action_free``) train the video
+stream alone: their actions are absent, out of the loss and out of every gradient;
+``action_free_share`` caps their share of each batch, so that plentiful video does not crowd
+out the labelled windows.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ class JointDenoiser(DiTDenoiser):
 
     def __init__(self, action_dim: int, horizon: int, d_model: int, obs_shapes: dict, n_layers: int, n_heads: int,
                  mlp_ratio: float, dropout: float, future_key: str | None, future_offsets: list[int] | None,
-                 latent_channels: int, patch: int, autoencoder: dict, action_free: bool, video_absent: float,
+                 latent_channels: int, patch: int, autoencoder: dict, action_free: bool, policy_share: float,
                  action_absent: float, action_free_share: float | None = None):
         super().__init__(action_dim, horizon, d_model, n_layers, n_heads, mlp_ratio, dropout)
         cameras = [k for k, s in obs_shapes.items() if len(s) == 3 and s[-1] == 3]
@@ -70,10 +75,10 @@ class JointDenoiser(DiTDenoiser):
         if any(o < 1 for o in self.future_offsets):
             raise ValueError(f"policy.denoiser.future_offsets must be steps after the current one (>= 1), "
                              f"got {self.future_offsets}")
-        for name, share in (("video_absent", video_absent), ("action_absent", action_absent)):
+        for name, share in (("policy_share", policy_share), ("action_absent", action_absent)):
             if not 0.0 <= float(share) < 1.0:
                 raise ValueError(f"policy.denoiser.{name} must be in [0, 1), got {share}")
-        self.video_absent, self.action_absent = float(video_absent), float(action_absent)
+        self.policy_share, self.action_absent = float(policy_share), float(action_absent)
         self.action_free = bool(action_free)
         self.action_free_share = None if action_free_share is None else float(action_free_share)
         ae_options = dict(autoencoder)
@@ -146,13 +151,16 @@ class JointDenoiser(DiTDenoiser):
     # ------------------------------------------------------------------ network
     def joint(self, actions: torch.Tensor | None, t_action: torch.Tensor | None, video: torch.Tensor | None,
               t_video: torch.Tensor | None, prepared: dict, action_rows: torch.Tensor | None = None,
-              video_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+              video_rows: torch.Tensor | None = None, actions_read_video: torch.Tensor | None = None
+              ) -> dict[str, torch.Tensor]:
         """Predictions for the streams given: actions (B, H, A) at t_action (B,) or (B, H);
         video (B, M, P) at t_video (B,) or (B, M); None leaves a stream out. ``action_rows`` /
         ``video_rows`` (B,) bool mark the samples where a given stream is present (training:
-        absent rows are masked out of attention). Returns {"action": ..., "video": ...}."""
+        absent rows are masked out of attention); ``actions_read_video`` (B,) bool, where False
+        the action tokens do not attend to the frame tokens (which still attend to them).
+        Returns {"action": ..., "video": ...}."""
         pooled = prepared["pooled"]
-        tokens, levels, present, sizes = [], [], [], {}
+        tokens, levels, present, streams, sizes = [], [], [], [], {}
         for name, x, t, rows in (("action", actions, t_action, action_rows), ("video", video, t_video, video_rows)):
             if x is None:
                 continue
@@ -163,12 +171,17 @@ class JointDenoiser(DiTDenoiser):
             levels.append(t[:, None].expand(-1, n) if t.dim() == 1 else t)
             present.append(torch.ones(x.shape[0], n, dtype=torch.bool, device=x.device) if rows is None
                            else rows[:, None].expand(-1, n))
+            streams.append(torch.full((n,), name == "action", dtype=torch.bool, device=x.device))
             sizes[name] = n
         x = torch.cat(tokens, dim=1)
         c = self.time_mlp(timestep_embedding(torch.cat(levels, dim=1), self.d_model)) + pooled[:, None]
-        mask = None                                  # (B, 1, N, N): every token reads the present ones
-        if action_rows is not None or video_rows is not None:
+        mask = None                                  # (B, 1, N, N): which keys each query reads
+        if action_rows is not None or video_rows is not None or actions_read_video is not None:
             mask = torch.cat(present, dim=1)[:, None, None, :].expand(-1, 1, x.shape[1], -1)
+            if actions_read_video is not None and len(sizes) == 2:
+                is_action = torch.cat(streams)
+                blocked = is_action[:, None] & ~is_action[None, :]                  # action query, video key
+                mask = mask & ~(blocked[None, None] & ~actions_read_video[:, None, None, None])
         for block, kv in zip(self.blocks, prepared["kv"]):
             x = block(x, c, kv, mask=mask)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
@@ -181,7 +194,8 @@ class JointDenoiser(DiTDenoiser):
         return result
 
     def training_forward(self, x_t, t, prepared, batch, process):
-        """Both streams at independent levels; some rows leave one stream out (see the module)."""
+        """Both streams at independent levels; in most rows the actions do not read the frames
+        (see the module)."""
         b, device = x_t.shape[0], x_t.device
         v0 = self.video_tokens(batch[future_batch_key(self.future_key)])
         v_t, t_v, v_target = process.training_pair(v0, process.draw_levels((b,), device, v0.dtype))
@@ -189,12 +203,11 @@ class JointDenoiser(DiTDenoiser):
                                                                                           device=device)
         u = batch_random.rand((b, 2), device)
         action_rows = has_action & (u[:, 0] >= self.action_absent)
-        video_rows = ~action_rows | (u[:, 1] >= self.video_absent)
-        out = self.joint(x_t, t, v_t, t_v, prepared, action_rows, video_rows)
-        error = ((out["video"].float() - v_target.float()) ** 2).mean(dim=(1, 2))
-        weights = video_rows.float()
-        return {"prediction": out["action"], ACTION_ROWS: action_rows,
-                "video_loss": (error * weights).sum() / weights.sum().clamp_min(1.0)}
+        reads = ~action_rows | (u[:, 1] >= self.policy_share)      # absent actions read the frames: outputs unused
+        out = self.joint(x_t, t, v_t, t_v, prepared, action_rows, None, reads)
+        error = ((out["video"].float() - v_target.float()) ** 2).mean()
+        return {"prediction": out["action"], ACTION_ROWS: action_rows, "video_loss": error,
+                "policy_rows": action_rows & ~reads}
 
     def loss_terms(self, out) -> dict[str, torch.Tensor]:
         return {"video": out["video_loss"]} if isinstance(out, dict) and "video_loss" in out else {}
@@ -202,7 +215,8 @@ class JointDenoiser(DiTDenoiser):
     def log_values(self, out) -> dict[str, float]:
         if not isinstance(out, dict) or ACTION_ROWS not in out:
             return {}
-        return {"joint/action_rows": float(out[ACTION_ROWS].float().mean())}
+        return {"joint/action_rows": float(out[ACTION_ROWS].float().mean()),
+                "joint/policy_rows": float(out["policy_rows"].float().mean())}
 
 
 @torch.inference_mode()

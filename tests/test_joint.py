@@ -181,9 +181,21 @@ def test_policy_mode_is_the_dit_forward_over_the_action_tokens_alone(trained):
         plain = den(x, t, prepared)
         # a stream masked out of attention in training is the same as one left out
         video = torch.randn(5, 2 * den.video_tokens_per_frame, den.video_out.out_features)
-        masked = den.joint(x, t, video, torch.rand(5), prepared, None, torch.zeros(5, dtype=torch.bool))["action"]
+        t_video = torch.rand(5)
+        masked = den.joint(x, t, video, t_video, prepared, None, torch.zeros(5, dtype=torch.bool))["action"]
+        # actions that do not read the frames (policy rows in training) are the policy mode too,
+        # row by row, while the frames still read the actions
+        reads = torch.tensor([True, False, True, False, False])
+        one_way = den.joint(x, t, video, t_video, prepared, None, None, reads)
+        both_ways = den.joint(x, t, video, t_video, prepared)
+        alone = den.joint(None, None, video, t_video, prepared)["video"]
     assert torch.allclose(joint, plain, atol=1e-5)
     assert torch.allclose(masked, plain, atol=1e-5)
+    assert torch.allclose(one_way["action"][~reads], plain[~reads], atol=1e-5)
+    assert torch.allclose(one_way["action"][reads], both_ways["action"][reads], atol=1e-5)
+    assert not torch.allclose(both_ways["action"][reads], plain[reads], atol=1e-4)
+    assert torch.allclose(one_way["video"], both_ways["video"], atol=1e-5)
+    assert not torch.allclose(one_way["video"], alone, atol=1e-4)
 
 
 def test_action_free_samples_give_no_action_loss_and_no_action_gradient(trained):
@@ -203,6 +215,7 @@ def test_action_free_samples_give_no_action_loss_and_no_action_gradient(trained)
         action_grad = sum(0.0 if g is None else float(g.abs().sum()) for g in action_grads)
         video_grad = float(den.video_in.weight.grad.abs().sum())
         assert logs["loss/video"] > 0 and video_grad > 0
+        assert (logs["joint/policy_rows"] > 0) is has_actions       # rows whose actions do not read the frames
         if has_actions:
             assert logs["loss/diffusion"] > 0 and action_grad > 0
         else:
