@@ -244,10 +244,18 @@ def _run_eval(cfg: DictConfig, dist):
     steps = optional_positive_int(cfg, "steps")
     n_action_steps = optional_positive_int(cfg, "n_action_steps")
     backend, quantize = choice(cfg, "backend", ("torch", "onnx")), choice(cfg, "quantize", (None, "int8"))
+    joint_mode = choice(cfg, "joint_mode", ("policy", "plan"))
+    if joint_mode != "policy" and backend != "torch":
+        raise SettingError(f"joint_mode={joint_mode} runs on backend=torch")
     if backend == "torch":
         if quantize is not None or cfg.onnx_dir is not None:
             raise SettingError("quantize and onnx_dir apply to backend=onnx; pass backend=onnx")
         policy = Policy.from_checkpoint(cfg.checkpoint, device=dist.device)
+        if joint_mode != "policy":
+            if policy.spec.denoiser["name"] != "joint":
+                raise SettingError(f"joint_mode={joint_mode} acts with a joint video-action policy "
+                                   f"(policy/denoiser=joint); {cfg.checkpoint} is {policy.spec.denoiser['name']}")
+            policy.denoiser.set_act_mode(joint_mode)
     else:
         _require_onnx("eval backend=onnx")
         from .policies.onnx_backend import load_backend
@@ -289,6 +297,7 @@ def _run_eval(cfg: DictConfig, dist):
     summary["checkpoint"] = str(Path(cfg.checkpoint).resolve())
     summary["sampler_steps"] = steps or policy.spec.inference_steps
     summary["backend"] = backend if backend == "torch" else f"onnx ({policy.variant}, {policy.export_dir})"
+    summary["joint_mode"] = joint_mode
     if backend == "torch" and policy.spec.denoiser["name"] == "joint":
         from .policies.world_model_eval import evaluate_checkpoint, format_report
 

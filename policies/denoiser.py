@@ -33,6 +33,9 @@ Optional hooks:
   steps, batch_size, lr, desc=...)`` is the trainer's own stage loop (train.fit_stage) for a
   part to optimise first (the joint family's autoencoder).
 - ``write_diagnostics(directory)``: files (plots) written after an evaluation.
+- ``samples_actions`` / ``sample_actions(policy, batch, steps, noise, generator)``: a family
+  that samples the actions its own way when the flag is set (joint.py's ``plan`` mode denoises
+  them together with imagined future frames); the policy's sampler otherwise.
 
 A family is a module that subclasses ``Denoiser``, registers itself with
 ``@DENOISERS.register("<name>")``, and a yaml under ``configs/policy/denoiser/`` whose keys
@@ -58,6 +61,7 @@ class Denoiser(nn.Module):
     """Base class of the denoiser families: (x_t, t, prepared) -> prediction."""
 
     shares_condition = False      # takes K chains per condition row at one level per row
+    samples_actions = False       # inference goes through sample_actions instead of the policy's sampler
 
     def __init__(self, action_dim: int, horizon: int, d_model: int):
         super().__init__()
@@ -98,6 +102,12 @@ class Denoiser(nn.Module):
     def log_values(self, out: DenoiserOutput) -> dict[str, float]:
         """Training diagnostics of a forward pass, by name."""
         return {}
+
+    def sample_actions(self, policy, batch: dict, steps: int, noise: torch.Tensor | None,
+                       generator: torch.Generator | None) -> torch.Tensor:
+        """Actions (B, H, A), unnormalised, from observation histories, for a family with
+        ``samples_actions`` set; ``noise`` (B, H, A) is the action stream's starting noise."""
+        raise NotImplementedError
 
     def write_diagnostics(self, directory) -> list:
         """Files written after an evaluation (e.g. plots); returns their paths."""

@@ -15,6 +15,11 @@ network is (``MODES``):
     video             video sampled, actions absent: predict the future frames
     forward           video sampled, actions given clean (level 0): forward dynamics
     inverse           actions sampled, video given clean (level 0): inverse dynamics
+    plan              actions and video sampled together at one level (PAD): the actions read
+                      the frames they are imagined with
+
+The policy acts in ``policy`` mode, or in ``plan`` mode after ``set_act_mode("plan")``
+(``ditpolicy eval joint_mode=plan``), at the cost of the frame tokens in every step.
 
 Training: every labelled sample draws t_a and t_v and denoises both streams. In a share
 ``policy_share`` of them the action tokens do not read the frame tokens (the frames still read
@@ -44,7 +49,9 @@ MODES = {             # mode -> (stream sampled, stream given clean or None)
     "video": ("video", None),
     "forward": ("video", "action"),
     "inverse": ("action", "video"),
+    "plan": ("both", None),
 }
+ACT_MODES = ("policy", "plan")
 
 
 def future_batch_key(key: str) -> str:
@@ -99,6 +106,22 @@ class JointDenoiser(DiTDenoiser):
         self.video_out = nn.Linear(d_model, c * patch * patch)
         nn.init.zeros_(self.video_out.weight)
         nn.init.zeros_(self.video_out.bias)
+        self.act_mode = "policy"
+
+    def set_act_mode(self, mode: str) -> "JointDenoiser":
+        """The inference mode the policy acts in: ``policy`` (video absent, the DiT's cost) or
+        ``plan`` (actions denoised together with the future frames)."""
+        if mode not in ACT_MODES:
+            raise ValueError(f"joint act mode must be one of {ACT_MODES}, got {mode!r}")
+        self.act_mode = mode
+        return self
+
+    @property
+    def samples_actions(self) -> bool:
+        return self.act_mode == "plan"
+
+    def sample_actions(self, policy, batch, steps, noise, generator):
+        return predict(policy, batch, "plan", steps, generator=generator, noise=noise)["actions"]
 
     # ------------------------------------------------------------------ data
     def sampler_options(self) -> dict:
@@ -160,7 +183,7 @@ class JointDenoiser(DiTDenoiser):
         the action tokens do not attend to the frame tokens (which still attend to them).
         Returns {"action": ..., "video": ...}."""
         pooled = prepared["pooled"]
-        tokens, levels, present, streams, sizes = [], [], [], [], {}
+        tokens, levels, present, sizes = [], [], [], {}
         for name, x, t, rows in (("action", actions, t_action, action_rows), ("video", video, t_video, video_rows)):
             if x is None:
                 continue
@@ -171,7 +194,6 @@ class JointDenoiser(DiTDenoiser):
             levels.append(t[:, None].expand(-1, n) if t.dim() == 1 else t)
             present.append(torch.ones(x.shape[0], n, dtype=torch.bool, device=x.device) if rows is None
                            else rows[:, None].expand(-1, n))
-            streams.append(torch.full((n,), name == "action", dtype=torch.bool, device=x.device))
             sizes[name] = n
         x = torch.cat(tokens, dim=1)
         c = self.time_mlp(timestep_embedding(torch.cat(levels, dim=1), self.d_model)) + pooled[:, None]
@@ -179,7 +201,7 @@ class JointDenoiser(DiTDenoiser):
         if action_rows is not None or video_rows is not None or actions_read_video is not None:
             mask = torch.cat(present, dim=1)[:, None, None, :].expand(-1, 1, x.shape[1], -1)
             if actions_read_video is not None and len(sizes) == 2:
-                is_action = torch.cat(streams)
+                is_action = torch.arange(x.shape[1], device=x.device) < sizes["action"]   # actions come first
                 blocked = is_action[:, None] & ~is_action[None, :]                  # action query, video key
                 mask = mask & ~(blocked[None, None] & ~actions_read_video[:, None, None, None])
         for block, kv in zip(self.blocks, prepared["kv"]):
@@ -222,12 +244,13 @@ class JointDenoiser(DiTDenoiser):
 @torch.inference_mode()
 def predict(policy, batch: dict[str, torch.Tensor], mode: str, steps: int | None = None,
             actions: torch.Tensor | None = None, future: torch.Tensor | None = None,
-            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+            generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One inference mode of a joint policy on observation histories (B, n_obs, ...) and goals.
 
     ``forward`` takes ``actions`` (B, H, A), unnormalised; ``inverse`` takes ``future`` frames
-    (B, F, H, W, 3) uint8. Returns ``actions`` (B, H, A) unnormalised for policy / inverse,
-    ``frames`` (B, F, H, W, 3) in [0, 1] and their latent ``tokens`` for video / forward."""
+    (B, F, H, W, 3) uint8. Returns ``actions`` (B, H, A) unnormalised for policy / inverse /
+    plan, ``frames`` (B, F, H, W, 3) in [0, 1] and their latent ``tokens`` for video / forward /
+    plan. ``noise`` (B, H, A): the action stream's starting noise instead of a draw."""
     den = policy.denoiser
     if not isinstance(den, JointDenoiser):
         raise ValueError(f"mode={mode!r} needs a joint video-action policy (policy/denoiser=joint); this one is "
@@ -247,16 +270,44 @@ def predict(policy, batch: dict[str, torch.Tensor], mode: str, steps: int | None
         if future is None:
             raise ValueError("mode='inverse' (inverse dynamics) needs the future frames (B, F, H, W, 3)")
         given = den.video_tokens(future.to(policy.device))
+    action_shape = (b, policy.spec.horizon, policy.spec.action_dim)
+    video_shape = (b, len(den.future_offsets) * den.video_tokens_per_frame, den.video_out.out_features)
+    if noise is not None and tuple(noise.shape) != action_shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}; the action stream starts from (B, H, A) = "
+                         f"{action_shape}")
+
+    def draw(shape):
+        return torch.randn(shape, device=policy.device, generator=generator)
+
+    def action_start():
+        return noise.to(policy.device, torch.float32) if noise is not None else draw(action_shape)
+
+    n_action = action_shape[1] * action_shape[2]
     if sampled == "action":
-        shape = (b, policy.spec.horizon, policy.spec.action_dim)
+        start = action_start()
         def fn(x, t):
             return den.joint(x, t, given, None if given is None else zero, prepared)["action"]
-    else:
-        shape = (b, len(den.future_offsets) * den.video_tokens_per_frame, den.video_out.out_features)
+        def split(x):
+            return x, None
+    elif sampled == "video":
+        start = draw(video_shape)
         def fn(x, t):
             return den.joint(given, None if given is None else zero, x, t, prepared)["video"]
-    noise = torch.randn(shape, device=policy.device, generator=generator)
-    x0, _ = policy.process.sample(fn, noise, 1.0, steps or policy.spec.inference_steps)
-    if sampled == "action":
-        return {"actions": policy.normalizer.unnormalize(key, x0)}
-    return {"frames": den.decode_video(x0), "tokens": x0}
+        def split(x):
+            return None, x
+    else:                        # both streams as one flat state (B, H * A + M * P), one level per sample
+        start = torch.cat([action_start().flatten(1), draw(video_shape).flatten(1)], dim=1)
+        def split(x):
+            return x[:, :n_action].reshape(action_shape), x[:, n_action:].reshape(video_shape)
+        def fn(x, t):
+            acts, video = split(x)
+            out = den.joint(acts, t, video, t, prepared)
+            return torch.cat([out["action"].flatten(1), out["video"].flatten(1)], dim=1)
+    x0, _ = policy.process.sample(fn, start, 1.0, steps or policy.spec.inference_steps)
+    sampled_actions, tokens = split(x0)
+    result = {}
+    if sampled_actions is not None:
+        result["actions"] = policy.normalizer.unnormalize(key, sampled_actions)
+    if tokens is not None:
+        result.update(frames=den.decode_video(tokens), tokens=tokens)
+    return result

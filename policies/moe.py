@@ -181,7 +181,7 @@ class MoDEDenoiser(Denoiser):
             raise ValueError(f"policy.d_model={d_model} is not divisible by policy.denoiser.n_heads={n_heads}")
         self.n_experts, self.top_k = n_experts, top_k
         self.router_kind, self.train_routing, self.router_noise = router, train_routing, router_noise
-        self.cache = cache
+        self.cache, self.conditioning = cache, conditioning
         if shared_ratio < 0:
             raise ValueError(f"policy.denoiser.shared_ratio must be >= 0, got {shared_ratio}")
         hidden = max(1, round(d_model * expert_ratio))
@@ -292,7 +292,7 @@ class MoDEDenoiser(Denoiser):
         pooled = prepared.get("pooled")                                 # (B, D) with obs_context
         c_cond = c if pooled is None else c + (pooled if c.dim() == 2 else pooled[:, None])
         tokens = self.action_in(x_t) + self.position[:, :h]             # (B, H, D)
-        if self.final_ada is not None:                                  # adaLN: the action tokens alone
+        if self.conditioning == "adaln":                                # the action tokens alone
             x, c_seq, route_seq = tokens, None, tokenwise(c)
         else:                                                           # the noise token, then the actions
             route_seq, c_seq = noise_sequence(c), noise_sequence(c_cond)     # (B, 1, D) or (B, 1 + H, D)
@@ -320,7 +320,7 @@ class MoDEDenoiser(Denoiser):
                 if block.shared is not None:
                     delta = delta + block.shared.expert(0, y)
             x = x + (delta if mod is None else mod[5] * delta)
-        if self.final_ada is None:
+        if self.conditioning == "token":                                # drop the noise token
             out = self.final_norm(x[:, 1:])
         else:
             shift, scale = self.final_ada(c_cond).chunk(2, dim=-1)

@@ -3,7 +3,8 @@
 For windows of episodes the policy never trained on: the real future frames against the
 autoencoder's reconstruction (the ceiling of any latent prediction), video prediction and
 forward dynamics (given the recorded actions); and the recorded actions against inverse
-dynamics (given the real future frames) and the policy mode. Frames are compared per pixel
+dynamics (given the real future frames) and the policy mode; and both, sampled together in
+the plan mode (the actions read the imagined frames). Frames are compared per pixel
 in [0, 1] (MSE and PSNR), actions in their own units (MSE). A PNG strip shows, per window,
 the current frame, the real future and each prediction.
 
@@ -20,7 +21,7 @@ import torch
 from ..datasets import SequenceSampler, split_episodes
 from .joint import JointDenoiser, future_batch_key, predict
 
-FRAME_COLUMNS = ("now", "real future", "autoencoder", "video prediction", "forward dynamics")
+FRAME_COLUMNS = ("now", "real future", "autoencoder", "video prediction", "forward dynamics", "plan")
 
 
 def held_out_mask(store, checkpoint_cfg) -> tuple[np.ndarray, bool]:
@@ -50,7 +51,8 @@ def evaluate_world_model(policy, store, episode_mask: np.ndarray, windows: int =
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(sampler), size=min(windows, len(sampler)), replace=False))
     generator = torch.Generator(device=policy.device).manual_seed(seed)
-    sums = {name: [] for name in ("autoencoder", "video", "forward", "inverse", "policy")}
+    plan_generator = torch.Generator(device=policy.device).manual_seed(seed + 1)     # leaves the others' draws be
+    sums = {name: [] for name in ("autoencoder", "video", "forward", "plan", "inverse", "policy", "plan_actions")}
     strip_at = set(np.linspace(0, len(rows) - 1, min(strip_rows, len(rows))).round().astype(int).tolist())
     shown = []                                     # per strip window: its frames, one per FRAME_COLUMNS entry
     for i in range(0, len(rows), batch_size):
@@ -65,6 +67,8 @@ def evaluate_world_model(policy, store, episode_mask: np.ndarray, windows: int =
                                      generator=generator)["frames"]}
         actions = {"inverse": predict(policy, batch, "inverse", steps, future=future, generator=generator)["actions"],
                    "policy": predict(policy, batch, "policy", steps, generator=generator)["actions"]}
+        plan = predict(policy, batch, "plan", steps, generator=plan_generator)
+        frames["plan"], actions["plan_actions"] = plan["frames"], plan["actions"]
         for name, value in frames.items():
             sums[name].append(((value - real) ** 2).mean(dim=(1, 2, 3, 4)).cpu())
         for name, value in actions.items():
@@ -74,11 +78,12 @@ def evaluate_world_model(policy, store, episode_mask: np.ndarray, windows: int =
         shown += [[c[j - i].cpu().numpy() for c in columns] for j in sorted(strip_at) if i <= j < i + b]
     report = {"windows": int(len(rows)), "future_offsets": den.future_offsets,
               "sampler_steps": steps or spec.inference_steps}
-    for name in ("autoencoder", "video", "forward"):
+    for name in ("autoencoder", "video", "forward", "plan"):
         mse = float(torch.cat(sums[name]).mean())
         report[name] = {"mse": mse, "psnr": 10.0 * np.log10(1.0 / max(mse, 1e-12))}
     for name in ("inverse", "policy"):
         report[name] = {"action_mse": float(torch.cat(sums[name]).mean())}
+    report["plan"]["action_mse"] = float(torch.cat(sums["plan_actions"]).mean())
     if strip is not None:
         write_strip([np.stack(column) for column in zip(*shown)], Path(strip))
         report["strip"] = str(strip)
@@ -131,8 +136,9 @@ def evaluate_checkpoint(policy, checkpoint: str | Path, out: Path, windows: int 
 def format_report(report: dict) -> str:
     lines = [f"world model on {report['windows']} held-out windows ({report['sampler_steps']} sampler steps):",
              f"  {'prediction':<18} {'pixel MSE':>10} {'PSNR dB':>8}"]
-    for name, label in (("autoencoder", "autoencoder"), ("video", "video prediction"), ("forward", "forward dynamics")):
+    for name, label in (("autoencoder", "autoencoder"), ("video", "video prediction"), ("forward", "forward dynamics"),
+                        ("plan", "plan")):
         lines.append(f"  {label:<18} {report[name]['mse']:>10.5f} {report[name]['psnr']:>8.2f}")
     lines.append(f"  action MSE: inverse dynamics {report['inverse']['action_mse']:.4f}, "
-                 f"policy {report['policy']['action_mse']:.4f}")
+                 f"policy {report['policy']['action_mse']:.4f}, plan {report['plan']['action_mse']:.4f}")
     return "\n".join(lines)

@@ -154,6 +154,10 @@ def test_each_mode_sets_the_noise_levels_of_each_stream(trained):
         for i, (actions, t_action, video, t_video) in enumerate(calls):
             levels = {"action": t_action, "video": t_video}
             streams = {"action": actions, "video": video}
+            if sampled == "both":                             # plan: both streams sampled at one level
+                for name in ("action", "video"):
+                    assert torch.allclose(levels[name], torch.full((3,), expected_levels[i])), (mode, i)
+                continue
             assert torch.allclose(levels[sampled], torch.full((3,), expected_levels[i])), (mode, i)
             other = "video" if sampled == "action" else "action"
             if clean is None:                                 # at maximum noise: left out
@@ -164,9 +168,10 @@ def test_each_mode_sets_the_noise_levels_of_each_stream(trained):
             assert torch.allclose(calls[0][0], policy.normalizer.normalize("action", batch["action"].float()))
         if mode == "inverse":
             assert torch.equal(calls[0][2], den.video_tokens(future))
-        key = "actions" if sampled == "action" else "frames"
-        expected = (3, 8, 2) if sampled == "action" else (3, 2, SIZE, SIZE, 3)
-        assert tuple(result[key].shape) == expected
+        if sampled in ("action", "both"):
+            assert tuple(result["actions"].shape) == (3, 8, 2), mode
+        if sampled in ("video", "both"):
+            assert tuple(result["frames"].shape) == (3, 2, SIZE, SIZE, 3), mode
     den.joint = original
 
 
@@ -223,6 +228,40 @@ def test_action_free_samples_give_no_action_loss_and_no_action_gradient(trained)
     assert all(not p.requires_grad for p in den.autoencoder.parameters())     # frozen after its fit
 
 
+def test_plan_mode_acts_with_actions_sampled_beside_imagined_frames(trained):
+    trainer, _, _ = trained
+    policy = trainer.ema_policy()
+    den = policy.denoiser
+    batch = {k: torch.as_tensor(v) for k, v in trainer.train_sampler.sample_batch(np.arange(4)).items()}
+    noise = torch.randn(4, 8, 2, generator=torch.Generator().manual_seed(3))
+    acting = policy.predict_action_chunks(batch, steps=3, noise=noise)               # policy mode
+    assert torch.allclose(acting, predict(policy, batch, "policy", 3, noise=noise)["actions"], atol=1e-5)
+    den.set_act_mode("plan")
+    try:
+        torch.manual_seed(0)
+        planned = policy.predict_action_chunks(batch, steps=3, noise=noise)
+        torch.manual_seed(0)                                 # the frames' starting noise: same draw
+        expected = predict(policy, batch, "plan", 3, noise=noise)
+        assert torch.equal(planned, expected["actions"])
+        assert not torch.allclose(planned, acting, atol=1e-4)      # the actions read the imagined frames
+        with pytest.raises(ValueError, match="plan mode"):
+            policy.predict_action_chunks(batch, steps=3, init=acting)
+    finally:
+        den.set_act_mode("policy")
+    with pytest.raises(ValueError, match="act mode must be one of"):
+        den.set_act_mode("video")
+
+
+def test_eval_joint_mode_settings_name_the_key(trained, capsys):
+    from ditpolicy.cli import main
+
+    _, run, _ = trained
+    assert main(["eval", f"checkpoint={run}", "joint_mode=dream"]) == 2
+    assert "joint_mode must be one of policy, plan, got 'dream'" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={run}", "joint_mode=plan", "backend=onnx"]) == 2
+    assert "joint_mode=plan runs on backend=torch" in capsys.readouterr().err
+
+
 def test_joint_checkpoint_round_trips_and_reports_held_out_prediction_error(trained, tmp_path):
     from ditpolicy.policies import Policy
     from ditpolicy.policies.world_model_eval import evaluate_checkpoint, format_report, held_out_mask
@@ -236,8 +275,10 @@ def test_joint_checkpoint_round_trips_and_reports_held_out_prediction_error(trai
                                                                             torch.ones_like(policy.denoiser.latent_std))
     report = evaluate_checkpoint(policy, run, tmp_path, windows=12, steps=2)
     assert report["held_out"] and report["windows"] == 12
-    for name in ("autoencoder", "video", "forward"):
+    for name in ("autoencoder", "video", "forward", "plan"):
         assert np.isfinite(report[name]["psnr"]) and report[name]["mse"] > 0
+    for name in ("inverse", "policy", "plan"):
+        assert 0 < report[name]["action_mse"] < 10
     store = DemoStore.open(report["store"])
     held_out, _ = held_out_mask(store, trainer.cfg)                       # the run's own validation episodes
     trained_on = np.unique(np.searchsorted(store.episode_ends, trainer.train_sampler.windows[:, 2], side="right"))
