@@ -173,11 +173,12 @@ class DiffusionPolicy(nn.Module):
 
         ``noise`` (B, H, A): the sampler's starting noise, instead of a draw (per-episode
         seeded noise, so that an episode's actions do not depend on the batch it runs in)."""
-        if self.denoiser.samples_actions:          # the family's own sampler (joint.py's plan mode)
+        family = getattr(self, "denoiser", None)   # None on the ONNX backend (onnx_backend.py), policy mode only
+        if family is not None and family.samples_actions:      # the family's own sampler (joint.py's plan mode)
             if init is not None or return_heads or (prefix is not None and prefix.shape[1] > 0):
                 raise ValueError("this policy samples its actions with its own sampler (a joint policy in plan mode):"
                                  " warm starts (init), real-time chunking (prefix) and heads are not supported")
-            return self.denoiser.sample_actions(self, batch, steps or self.spec.inference_steps, noise, generator)
+            return family.sample_actions(self, batch, steps or self.spec.inference_steps, noise, generator)
         b = batch[self.spec.obs_keys[0]].shape[0]
         h = self.spec.horizon
         prepared = self.fast_step.prepare(self, batch)
