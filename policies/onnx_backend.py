@@ -133,6 +133,8 @@ class OnnxPolicy:
         """What DiffusionPolicy.predict_action_chunks calls ``prepare``, ``sample`` and ``bind`` on."""
         return self
 
+    family_sampler = None       # the graphs run the policy's own sampler (a joint policy's policy mode)
+
     def sample(self, *args) -> None:
         """No whole-sampler graph here: the sampler steps through ``bind``'s step graph."""
         return None

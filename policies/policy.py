@@ -93,6 +93,11 @@ class DiffusionPolicy(nn.Module):
         return self
 
     @property
+    def family_sampler(self):
+        """The denoiser when it samples the actions itself (``Denoiser.samples_actions``), else None."""
+        return self.denoiser if self.denoiser.samples_actions else None
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -173,8 +178,8 @@ class DiffusionPolicy(nn.Module):
 
         ``noise`` (B, H, A): the sampler's starting noise, instead of a draw (per-episode
         seeded noise, so that an episode's actions do not depend on the batch it runs in)."""
-        family = getattr(self, "denoiser", None)   # None on the ONNX backend (onnx_backend.py), policy mode only
-        if family is not None and family.samples_actions:      # the family's own sampler (joint.py's plan mode)
+        family = self.family_sampler
+        if family is not None:                     # the family's own sampler (joint.py's plan mode)
             if init is not None or return_heads or (prefix is not None and prefix.shape[1] > 0):
                 raise ValueError("this policy samples its actions with its own sampler (a joint policy in plan mode):"
                                  " warm starts (init), real-time chunking (prefix) and heads are not supported")
