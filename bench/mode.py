@@ -11,6 +11,8 @@ writes JSON.
     python bench/mode.py --device cuda                 # train, evaluate and time on a GPU
     python bench/mode.py --latency-only --inference-modes trace-steps,trace   # step graphs vs whole-sampler graph
     python bench/mode.py --runs dit --dit-overrides policy.denoiser.n_layers=2   # a shallower dense DiT
+    python bench/mode.py --experts 8 --top-k 2 --layers 3 --runs dit,mode_total \
+        --mode-overrides policy.denoiser.conditioning=adaln policy.denoiser.train_routing=topk   # adaLN folded
 
 Three policies share the data and the step budget: the dense DiT (the default policy), MoDE
 with as many *active* parameters as the DiT, and MoDE with as many *total* parameters; the

@@ -28,7 +28,8 @@ def mode_policy(*overrides) -> DiffusionPolicy:
             if block.shared is not None:
                 block.shared.w2.normal_(std=0.2)
             block.self_attn.out.weight.normal_(std=0.2)
-            block.cross_attn.out.weight.normal_(std=0.2)
+            if block.cross_attn is not None:
+                block.cross_attn.out.weight.normal_(std=0.2)
             block.router.weight.normal_(std=1.0)
             if block.ada is not None:
                 block.ada[-1].weight.normal_(std=0.2)
@@ -42,12 +43,15 @@ BATCH = {"state": torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(1
 
 
 @pytest.mark.parametrize("mode", ["eager", "trace"])
-@pytest.mark.parametrize("process,shared,obs,conditioning", [
-    ("flow", 0.0, False, "token"), ("ddpm", 0.0, False, "token"), ("flow", 0.75, True, "token"),
-    ("flow", 0.75, True, "adaln")])
-def test_cached_experts_match_the_uncached_mixture(mode, process, shared, obs, conditioning):
+@pytest.mark.parametrize("process,shared,obs,conditioning,modulation,attention", [
+    ("flow", 0.0, False, "token", "joint", "cross"), ("ddpm", 0.0, False, "token", "joint", "cross"),
+    ("flow", 0.75, True, "token", "joint", "cross"), ("flow", 0.75, True, "adaln", "joint", "cross"),
+    ("flow", 0.0, True, "adaln", "split", "prefix"), ("ddpm", 0.0, False, "adaln", "joint", "cross"),
+    ("flow", 0.0, False, "token", "joint", "prefix"), ("flow", 0.75, False, "adaln", "joint", "prefix")])
+def test_cached_experts_match_the_uncached_mixture(mode, process, shared, obs, conditioning, modulation, attention):
     options = (f"policy/process={process}", f"policy.denoiser.shared_ratio={shared}",
-               f"policy.denoiser.obs_context={obs}", f"policy.denoiser.conditioning={conditioning}")
+               f"policy.denoiser.obs_context={obs}", f"policy.denoiser.conditioning={conditioning}",
+               f"policy.denoiser.modulation={modulation}", f"policy.denoiser.attention={attention}")
     cached = mode_policy(*options).set_inference_mode(mode)
     uncached = mode_policy(*options, "policy.denoiser.cache=false").set_inference_mode(mode)
     assert (cached.denoiser.blocks[0].shared is None) == (shared == 0)
@@ -56,18 +60,23 @@ def test_cached_experts_match_the_uncached_mixture(mode, process, shared, obs, c
         b = uncached.predict_action_chunks(BATCH, steps, generator=torch.Generator().manual_seed(2))
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
     assert len(cached.denoiser._fused) > 0 and len(uncached.denoiser._fused) == 0
+    # the level's own adaLN is folded into the cached weights; with the observation in it, it is not
+    folded = "folded" in cached.denoiser.step_inputs(torch.full((3,), 0.5))
+    assert folded == (conditioning == "adaln" and not obs)
     # the cache holds one entry per visited level: 1 + 4 + 10 levels, some shared
     levels = {round(t, 7) for t in cached.denoiser.routes}
-    assert len(cached.denoiser._fused) == len(levels) <= 15
+    assert len(cached.denoiser._fused) == len(levels) <= 16
     if mode == "trace":     # the whole-sampler graphs hold the fused experts: no routing runs in them
         graphs = {key: str(g.graph) for key, g in cached.fast_step._graphs.items() if key[0] == "sample"}
         assert len(graphs) == 3 and not any("topk" in g for g in graphs.values())
         assert all("topk" in str(g.graph) for key, g in uncached.fast_step._graphs.items() if key[0] == "sample")
 
 
-@pytest.mark.parametrize("obs_context,conditioning", [(False, "token"), (True, "token"), (True, "adaln")])
-def test_routing_depends_only_on_the_noise_level(obs_context, conditioning):
-    policy = mode_policy(f"policy.denoiser.obs_context={obs_context}", f"policy.denoiser.conditioning={conditioning}")
+@pytest.mark.parametrize("obs_context,conditioning,modulation", [
+    (False, "token", "joint"), (True, "token", "joint"), (True, "adaln", "joint"), (True, "adaln", "split")])
+def test_routing_depends_only_on_the_noise_level(obs_context, conditioning, modulation):
+    policy = mode_policy(f"policy.denoiser.obs_context={obs_context}", f"policy.denoiser.conditioning={conditioning}",
+                         f"policy.denoiser.modulation={modulation}")
     denoiser = policy.denoiser
     seen = []
     original = denoiser.route
@@ -84,7 +93,7 @@ def test_routing_depends_only_on_the_noise_level(obs_context, conditioning):
     denoiser(torch.randn(3, 6, 2), torch.tensor([0.95, 0.7, 0.7]), prepared)
     assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, seen[-2:]))   # level changed
     # a token router, for comparison, routes each token from its content
-    token = mode_policy("policy.denoiser.router=token").denoiser
+    token = mode_policy("policy.denoiser.router=token", "policy.denoiser.conditioning=token").denoiser
     seen.clear()
     token.route = lambda logits: (lambda r: (seen.append(r[0].clone()), r)[1])(MoDEDenoiser.route(token, logits))
     token(torch.randn(3, 6, 2), t, token.prepare(torch.randn(3, 5, 32)))
@@ -114,7 +123,7 @@ def test_the_cache_invalidates_after_an_optimizer_step_and_after_loading():
         p.grad = torch.randn_like(p)
     optimizer.step()
     after = denoiser.step_inputs(t)
-    assert after is not before and not torch.equal(after[0][1], before[0][1])
+    assert after is not before and not torch.equal(after["experts"][0][1], before["experts"][0][1])
     other = mode_policy()
     for assign in (False, True):            # weights copied in place, then parameters replaced
         stale = other.denoiser.step_inputs(t)
@@ -125,9 +134,71 @@ def test_the_cache_invalidates_after_an_optimizer_step_and_after_loading():
         c = other.denoiser.noise_embedding(t[:1])
         idx, gates, _ = other.denoiser.route(other.denoiser.blocks[0].router(c))
         w13, w2 = other.denoiser.blocks[0].experts.fuse(idx[0], gates[0])
-        torch.testing.assert_close(loaded[0][0], w13)
-        torch.testing.assert_close(loaded[0][1], w2)
+        torch.testing.assert_close(loaded["experts"][0][0], w13)
+        torch.testing.assert_close(loaded["experts"][0][1], w2)
         policy = other
+
+
+def test_a_split_modulation_caches_the_levels_share_and_prepares_the_observations():
+    """modulation=split: adaLN = ada(c) + ada's weights on silu(obs). The level's share is
+    cached with the fused experts (and goes stale with the modulation's weights), the
+    observation's is computed once per chunk; the two add up to the uncached forward's."""
+    policy = mode_policy("policy.denoiser.conditioning=adaln", "policy.denoiser.obs_context=true",
+                         "policy.denoiser.modulation=split")
+    denoiser = policy.denoiser
+    t = torch.full((3,), 0.4)
+    step = denoiser.step_inputs(t)
+    block = denoiser.blocks[1]
+    torch.testing.assert_close(step["mods"][1], block.ada(denoiser.noise_embedding(t[:1])))
+    prepared = denoiser.prepare(policy.condition(BATCH))
+    pooled = denoiser.cond_pool(policy.condition(BATCH).mean(dim=1))
+    torch.testing.assert_close(prepared["obs_mods"][1], torch.nn.functional.silu(pooled) @ block.ada[-1].weight.T)
+    assert "pooled" not in prepared and prepared["obs_final"].shape == (3, 2 * 32)
+    x = torch.randn(3, 6, 2)
+    torch.testing.assert_close(denoiser(x, t, prepared, step), denoiser(x, t, prepared), atol=1e-5, rtol=1e-5)
+    moved = denoiser(x, t, denoiser.prepare(policy.condition({**BATCH, "state": BATCH["state"] + 1})), step)
+    assert not torch.allclose(moved, denoiser(x, t, prepared, step))       # the observation modulates
+    with torch.no_grad():
+        block.ada[-1].bias.add_(0.1)                                      # not a routing weight
+    assert denoiser.step_inputs(t) is not step
+    with pytest.raises(ValueError, match="modulation=split needs policy.denoiser.conditioning=adaln"):
+        mode_policy("policy.denoiser.modulation=split", "policy.denoiser.conditioning=token")
+
+
+def test_a_folded_cache_goes_stale_with_the_layers_it_folds_into():
+    """adaLN from the level alone is folded into the attention's and output layers' weights: a
+    change to one of those layers (not a routing weight) rebuilds the level's entry."""
+    policy = mode_policy("policy.denoiser.conditioning=adaln")
+    denoiser = policy.denoiser
+    t = torch.full((3,), 0.3)
+    step = denoiser.step_inputs(t)
+    assert "folded" in step and denoiser.step_inputs(t) is step
+    x, prepared = torch.randn(3, 6, 2), denoiser.prepare(policy.condition(BATCH))
+    for layer in (denoiser.blocks[0].self_attn.q, denoiser.action_out):
+        with torch.no_grad():
+            layer.weight.add_(0.1)
+        fresh = denoiser.step_inputs(t)
+        assert fresh is not step
+        torch.testing.assert_close(denoiser(x, t, prepared, fresh), denoiser(x, t, prepared), atol=1e-5, rtol=1e-5)
+        step = fresh
+
+
+def test_prefix_attention_reads_the_condition_in_the_self_attention():
+    """attention=prefix: no cross-attention; each block's prepared keys/values are its
+    self-attention's projection of the condition, and the condition reaches the output."""
+    policy = mode_policy("policy.denoiser.conditioning=adaln", "policy.denoiser.attention=prefix")
+    denoiser = policy.denoiser
+    assert all(b.cross_attn is None and b.norm_cross is None for b in denoiser.blocks)
+    assert not any("cross_attn" in name for name, _ in denoiser.named_parameters())
+    cond = policy.condition(BATCH)
+    prepared = denoiser.prepare(cond)
+    torch.testing.assert_close(prepared["kv"][1][0], denoiser.blocks[1].self_attn.keys_values(cond)[0])
+    assert prepared["kv"][0][0].shape == (3, 2, cond.shape[1], 16)
+    x, t = torch.randn(3, 6, 2), torch.full((3,), 0.6)
+    other = denoiser.prepare(policy.condition({**BATCH, "state": BATCH["state"] + 1}))
+    assert not torch.allclose(denoiser(x, t, prepared), denoiser(x, t, other))
+    with pytest.raises(ValueError, match="policy.denoiser.attention must be one of"):
+        mode_policy("policy.denoiser.attention=joint")
 
 
 def test_training_logs_the_balance_term_and_routing_per_level():

@@ -32,7 +32,10 @@ FAMILIES = {"dit-flow": ["policy/denoiser=dit", "policy/process=flow"],
             "mode-shared-obs": ["policy/denoiser=mode", "policy/process=flow", "policy.denoiser.shared_ratio=1.0",
                                 "policy.denoiser.obs_context=true"],
             "mode-adaln": ["policy/denoiser=mode", "policy/process=flow", "policy.denoiser.conditioning=adaln",
-                           "policy.denoiser.obs_context=true"]}
+                           "policy.denoiser.obs_context=true"],
+            "mode-split-prefix": ["policy/denoiser=mode", "policy/process=flow", "policy.denoiser.conditioning=adaln",
+                                  "policy.denoiser.obs_context=true", "policy.denoiser.modulation=split",
+                                  "policy.denoiser.attention=prefix"]}
 
 
 def small_policy(overrides) -> DiffusionPolicy:
