@@ -70,14 +70,19 @@ class Attention(nn.Module):
         d = x.shape[-1]
         return self.out(F.linear(x, self.kv.weight[d:], self.kv.bias[d:]))
 
+    def mix_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled dot-product attention of split heads, q (B, heads, N, D / heads) and k, v
+        (B, heads, N_keys, D / heads), merged back to (B, N, D), before the output layer."""
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        b, h, n, dh = y.shape
+        return y.transpose(1, 2).reshape(b, n, h * dh)
+
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` (B, 1, N, N_keys) bool: True where a query may read a key."""
-        q = self.split(self.q(x))
         k, v = self.keys_values(x) if kv is None else kv
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        b, h, n, dh = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, n, h * dh))
+        return self.out(self.mix_heads(self.split(self.q(x)), k, v, mask))
 
 
 class DiTBlock(nn.Module):

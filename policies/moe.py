@@ -54,7 +54,10 @@ from torch import nn
 
 from . import batch_random
 from .denoiser import DENOISERS, Denoiser
-from .dit import Attention, modulate, timestep_embedding, tokenwise, xavier_linears
+from .dit import modulate, timestep_embedding, tokenwise, xavier_linears
+from .moe_block import MoDEBlock, modulation_parts, with_observation
+from .moe_experts import fused_swiglu, load_balance
+from .routing_plot import plot_routes
 
 ROUTERS = ("noise", "token")
 TRAIN_ROUTING = ("multinomial", "noise", "topk")
@@ -63,153 +66,6 @@ MODULATION = ("joint", "split")
 ATTENTION = ("cross", "prefix")
 CACHE_SIZE = 256            # noise levels kept; a sampler schedule visits at most a few dozen
 LEVEL_BINS = (("t_low", 0.0, 1 / 3), ("t_mid", 1 / 3, 2 / 3), ("t_high", 2 / 3, 1.01))
-
-
-class SwiGLUExperts(nn.Module):
-    """E SwiGLU experts of hidden width h: expert_e(x) = W2_e (silu(W1_e x) * W3_e x).
-
-    ``w13`` (E, 2h, D) holds W1 and W3 stacked; ``w2`` (E, D, h)."""
-
-    def __init__(self, n_experts: int, d_model: int, hidden: int):
-        super().__init__()
-        self.hidden = hidden
-        self.w13 = nn.Parameter(torch.randn(n_experts, 2 * hidden, d_model) * d_model ** -0.5)
-        self.w2 = nn.Parameter(torch.zeros(n_experts, d_model, hidden))   # branch starts closed
-
-    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        a, b = F.linear(x, self.w13[e]).chunk(2, dim=-1)
-        return F.linear(F.silu(a) * b, self.w2[e])
-
-    def mix(self, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """Sparse mixture over rows: x (N, D), idx and gates (N, k) -> (N, D); each expert
-        runs only on the rows routed to it."""
-        out = torch.zeros_like(x)
-        for e in range(self.w13.shape[0]):
-            chosen = idx == e                                           # (N, k)
-            rows = chosen.any(dim=-1).nonzero().squeeze(1)
-            weight = (gates * chosen).sum(dim=-1).index_select(0, rows)
-            out.index_add_(0, rows, weight[:, None] * self.expert(e, x.index_select(0, rows)))
-        return out
-
-    def fuse(self, idx: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One dense SwiGLU equal to sum_j gates_j * expert_{idx_j}: idx, gates (k,) ->
-        (w13 (2kh, D), w2 (D, kh)); with a leading batch, (B, k) -> one layer per sample,
-        (B, 2kh, D) and (B, D, kh)."""
-        w1, w3 = self.w13[idx].chunk(2, dim=-2)                         # (..., k, h, D) each
-        lead, d = idx.shape[:-1], w1.shape[-1]
-        w13 = torch.cat([w1.reshape(*lead, -1, d), w3.reshape(*lead, -1, d)], dim=-2)
-        w2 = (self.w2[idx] * gates[..., None, None]).transpose(-3, -2).reshape(*lead, self.w2.shape[1], -1)
-        return w13.contiguous(), w2.contiguous()
-
-
-def with_shared(fused: tuple[torch.Tensor, torch.Tensor], shared: SwiGLUExperts) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fused layer (``SwiGLUExperts.fuse``) widened by the always-on shared expert: its W1 and
-    W3 rows join the routed ones' halves, its W2 columns the routed W2 (gate 1)."""
-    w13, w2 = fused
-    lead = w13.shape[:-2]
-    s1, s3 = shared.w13[0].expand(*lead, -1, -1).chunk(2, dim=-2)          # (..., hs, D) each
-    r1, r3 = w13.chunk(2, dim=-2)                                           # (..., kh, D) each
-    w2 = torch.cat([w2, shared.w2[0].expand(*lead, -1, -1)], dim=-1)       # (..., D, kh + hs)
-    return torch.cat([r1, s1, r3, s3], dim=-2).contiguous(), w2.contiguous()
-
-
-def fused_swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D) through a fused layer shared by the batch (w13 (2kh, D), w2 (D, kh)) or one
-    per sample (w13 (B, 2kh, D), w2 (B, D, kh))."""
-    if w13.dim() == 2:
-        a, b = F.linear(x, w13).chunk(2, dim=-1)
-        return F.linear(F.silu(a) * b, w2)
-    a, b = torch.matmul(x, w13.transpose(-1, -2)).chunk(2, dim=-1)
-    return torch.matmul(F.silu(a) * b, w2.transpose(-1, -2))
-
-
-class MoDEBlock(nn.Module):
-    """One block. Noise conditioning by ``token`` (MoDE's noise token and ``attn(norm(x) + c)``)
-    or ``adaln`` (the DiT's adaLN-Zero: shift, scale and gate of the self-attention and the
-    feed-forward from c)."""
-
-    def __init__(self, d: int, n_heads: int, n_experts: int, hidden: int, dropout: float, shared_hidden: int = 0,
-                 adaln: bool = False, prefix: bool = False):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(d, eps=1e-6, elementwise_affine=not adaln)
-        self.self_attn = Attention(d, n_heads, dropout)
-        # prefix: the self-attention reads the condition's keys/values too, and there is no cross-attention
-        self.norm_cross = None if prefix else nn.LayerNorm(d, eps=1e-6)
-        self.cross_attn = None if prefix else Attention(d, n_heads, dropout)
-        self.norm2 = nn.LayerNorm(d, eps=1e-6, elementwise_affine=not adaln)
-        self.router = nn.Linear(d, n_experts)
-        self.experts = SwiGLUExperts(n_experts, d, hidden)
-        self.shared = SwiGLUExperts(1, d, shared_hidden) if shared_hidden else None   # always on
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d)) if adaln else None
-        if adaln:       # the DiT's initialisation; the gates close the branches (adaLN-Zero), and a zero
-            xavier_linears(self)            # gate on a zero branch would leave both without gradient
-            nn.init.zeros_(self.ada[-1].weight)
-            nn.init.zeros_(self.ada[-1].bias)
-            for experts in (self.experts, self.shared):
-                if experts is not None:
-                    nn.init.normal_(experts.w2, std=experts.hidden ** -0.5)
-        else:
-            for attention in (self.self_attn, self.cross_attn):     # residual branches start closed
-                if attention is not None:
-                    nn.init.zeros_(attention.out.weight)
-                    nn.init.zeros_(attention.out.bias)
-
-    def fuse(self, idx: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block's whole feed-forward for one route as one dense layer: the chosen experts,
-        gates folded in, plus the shared expert if any."""
-        fused = self.experts.fuse(idx, gates)
-        return fused if self.shared is None else with_shared(fused, self.shared)
-
-    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """adaLN: c (B, D) or (B, N, D) -> (shift1, scale1, gate1, shift2, scale2, gate2), each
-        (B, 1, D) or (B, N, D); None with token conditioning."""
-        return None if self.ada is None else modulation_parts(self.ada(c))
-
-    def fold(self, mod: torch.Tensor, experts: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """One level's adaLN folded into the layers it feeds: mod (6D,) the level's modulation,
-        experts its fused (w13, w2) -> (qkv weight (3D, D), qkv bias (3D,), out weight (D, D),
-        out bias (D,), w13 (2kh, D), w13 bias (2kh,), w2 (D, kh)). modulate then a linear is a
-        linear with scaled columns and a shifted bias; a gate on a linear scales its rows."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6)
-        attn = self.self_attn
-        qkv_w = torch.cat([attn.q.weight, attn.kv.weight])                   # (3D, D): q, k, v
-        qkv_b = torch.cat([attn.q.bias, attn.kv.bias]) + qkv_w @ shift1
-        w13, w2 = experts
-        return (qkv_w * (1 + scale1), qkv_b, attn.out.weight * gate1[:, None], attn.out.bias * gate1,
-                w13 * (1 + scale2), w13 @ shift2, w2 * gate2[:, None])
-
-    def folded_forward(self, x: torch.Tensor, cond_kv, folded: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The block at one level with its modulation folded (``fold``): x (B, N, D) -> (B, N, D)."""
-        qkv_w, qkv_b, out_w, out_b, w13, b13, w2 = folded
-        attn = self.self_attn
-        q, k, v = (attn.split(p) for p in F.linear(self.norm1(x), qkv_w, qkv_b).chunk(3, dim=-1))
-        if self.cross_attn is None:                 # prefix: the condition's keys/values after the tokens'
-            k, v = torch.cat([k, cond_kv[0]], dim=2), torch.cat([v, cond_kv[1]], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v)                        # (B, heads, N, D / heads)
-        b, heads, n, dh = y.shape
-        x = x + F.linear(y.transpose(1, 2).reshape(b, n, heads * dh), out_w, out_b)
-        if self.cross_attn is not None:
-            x = x + self.cross_attn(self.norm_cross(x), kv=cond_kv)
-        a, g = F.linear(self.norm2(x), w13, b13).chunk(2, dim=-1)
-        return x + F.linear(F.silu(a) * g, w2)
-
-    def condition_kv(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The condition tokens (B, N_cond, D) as keys/values, (B, heads, N_cond, D / heads) each,
-        of the cross-attention, or with ``prefix`` of the self-attention."""
-        return (self.self_attn if self.cross_attn is None else self.cross_attn).keys_values(cond)
-
-    def attend(self, x: torch.Tensor, c_seq: torch.Tensor, cond_kv, mod=None) -> torch.Tensor:
-        y = self.norm1(x) + c_seq if mod is None else modulate(self.norm1(x), mod[0], mod[1])
-        if self.cross_attn is None:                 # prefix: the tokens' own keys/values, then the condition's
-            k, v = self.self_attn.keys_values(y)
-            y = self.self_attn(y, kv=(torch.cat([k, cond_kv[0]], dim=2), torch.cat([v, cond_kv[1]], dim=2)))
-        else:
-            y = self.self_attn(y)
-        x = x + (y if mod is None else mod[2] * y)
-        return x if self.cross_attn is None else x + self.cross_attn(self.norm_cross(x), kv=cond_kv)
-
-    def ffn_input(self, x: torch.Tensor, mod=None) -> torch.Tensor:
-        return self.norm2(x) if mod is None else modulate(self.norm2(x), mod[3], mod[4])
 
 
 @DENOISERS.register("mode")
@@ -467,20 +323,6 @@ class MoDEDenoiser(Denoiser):
         return [path]
 
 
-def modulation_parts(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """An adaLN output (B, 6D) or (B, H, 6D) -> (shift1, scale1, gate1, shift2, scale2, gate2),
-    each (B, 1, D) or (B, H, D)."""
-    return tuple(tokenwise(m) for m in v.chunk(6, dim=-1))
-
-
-def with_observation(noise_part: torch.Tensor, obs_part: torch.Tensor | None) -> torch.Tensor:
-    """A split modulation: the level's part (1 or B, M) or (B, H, M) plus the observation's
-    (B, M), or the level's alone when there is none."""
-    if obs_part is None:
-        return noise_part
-    return noise_part + (obs_part if noise_part.dim() == 2 else obs_part[:, None])
-
-
 def noise_sequence(c: torch.Tensor) -> torch.Tensor:
     """The noise token followed by what each action token adds to its attention input: c (B, D)
     -> (B, 1, D), one level for all; c (B, H, D) per-token levels -> (B, 1 + H, D), the token
@@ -488,41 +330,3 @@ def noise_sequence(c: torch.Tensor) -> torch.Tensor:
     if c.dim() == 2:
         return c[:, None]
     return torch.cat([c.mean(dim=1, keepdim=True), c], dim=1)
-
-
-def load_balance(probs: torch.Tensor, idx: torch.Tensor, n_experts: int) -> torch.Tensor:
-    """Switch-style balance term: probs (R, E) router probabilities, idx (R, k) chosen experts.
-
-    E * sum_e f_e * P_e with f_e the share of choices that went to e and P_e its mean
-    probability; 1 when both are uniform, up to E when one expert takes everything."""
-    share = F.one_hot(idx, n_experts).float().sum(dim=(0, 1)) / idx.numel()
-    return n_experts * (share * probs.mean(dim=0)).sum()
-
-
-def plot_routes(routes: dict[float, list], n_experts: int, path: Path) -> None:
-    """Heat map of routing weight per (noise level, block, expert)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    levels = sorted(routes, reverse=True)
-    n_blocks = len(routes[levels[0]])
-    grid = np.zeros((len(levels), n_blocks * n_experts))
-    for row, level in enumerate(levels):
-        for block, (experts, gates) in enumerate(routes[level]):
-            for e, g in zip(experts, gates):
-                grid[row, block * n_experts + e] = g
-    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * grid.shape[1], 1.2 + 0.3 * len(levels)))
-    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax.set_yticks(range(len(levels)), [f"{t:.3f}" for t in levels])
-    ax.set_xticks(range(grid.shape[1]), [f"b{i // n_experts}e{i % n_experts}" for i in range(grid.shape[1])],
-                  rotation=90)
-    ax.set_ylabel("noise level t")
-    ax.set_title("expert routing weight per noise level")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
