@@ -10,8 +10,11 @@ parameters' version counters, so an optimizer step or a checkpoint load invalida
 
 Tokens: the noise token ``c`` followed by the H action tokens (B, 1 + H, D); the
 observation and goal tokens enter by cross-attention with keys/values projected once per
-chunk, as in the DiT. Each block: ``x += attn(norm(x) + c)`` (MoDE's noise-conditioned
-attention input), ``x += cross_attn(norm(x), cond)``, ``x += moe(norm(x))``. With
+chunk, as in the DiT; with ``obs_input`` their projected mean is also added to every action
+token's input embedding (with the positions, once per chunk), a direct path from the
+observation that leaves the modulation the level's alone. Each block:
+``x += attn(norm(x) + c)`` (MoDE's noise-conditioned attention input),
+``x += cross_attn(norm(x), cond)``, ``x += moe(norm(x))``. With
 ``conditioning=adaln`` the noise token goes and c modulates the blocks as in the DiT
 (adaLN-Zero shift, scale and gate around the self-attention and the mixture, (B, H, D)
 tokens) and takes the DiT's Xavier initialisation; the routers still read the noise
@@ -77,7 +80,8 @@ class MoDEDenoiser(Denoiser):
     def __init__(self, action_dim: int, horizon: int, d_model: int, n_layers: int, n_heads: int, n_experts: int,
                  top_k: int, expert_ratio: float, dropout: float, router: str, train_routing: str,
                  router_noise: float, cache: bool, shared_ratio: float = 0.0, obs_context: bool = False,
-                 conditioning: str = "token", modulation: str = "joint", attention: str = "cross"):
+                 conditioning: str = "token", modulation: str = "joint", attention: str = "cross",
+                 obs_input: bool = False):
         super().__init__(action_dim, horizon, d_model)
         if router not in ROUTERS:
             raise ValueError(f"policy.denoiser.router must be one of {ROUTERS}, got {router!r}")
@@ -111,13 +115,14 @@ class MoDEDenoiser(Denoiser):
         self.position = nn.Parameter(torch.randn(1, horizon, d_model) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
         self.cond_pool = nn.Linear(d_model, d_model) if obs_context else None     # obs_context
+        self.obs_input = nn.Linear(d_model, d_model) if obs_input else None       # obs_input
         adaln = conditioning == "adaln"
         self.blocks = nn.ModuleList(MoDEBlock(d_model, n_heads, n_experts, hidden, dropout, shared_hidden, adaln,
                                               attention == "prefix") for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(d_model, eps=1e-6, elementwise_affine=not adaln)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 2 * d_model)) if adaln else None
         if adaln:                           # the DiT's initialisation outside the blocks too
-            for m in (self.action_in, self.time_mlp, self.cond_pool):
+            for m in (self.action_in, self.time_mlp, self.cond_pool, self.obs_input):
                 if m is not None:
                     xavier_linears(m)
             nn.init.zeros_(self.final_ada[-1].weight)
@@ -162,8 +167,11 @@ class MoDEDenoiser(Denoiser):
         """cond (B, N_cond, D) -> per-block cross-attention keys/values, and with ``obs_context``
         the pooled condition (B, D), or under a split modulation its share of every adaLN: the
         modulation's linear layer, without bias, on silu(pooled) (``obs_mods`` (B, 6D) per block,
-        ``obs_final`` (B, 2D))."""
+        ``obs_final`` (B, 2D)). With ``obs_input`` the action tokens' input bias (``input_bias``
+        (B, H, D)): the positions plus the projected mean of the condition tokens."""
         prepared = {"kv": [block.condition_kv(cond) for block in self.blocks]}
+        if self.obs_input is not None:
+            prepared["input_bias"] = self.position + self.obs_input(cond.mean(dim=1))[:, None]
         if self.cond_pool is not None:
             pooled = self.cond_pool(cond.mean(dim=1))
             if self.noise_modulation:
@@ -239,12 +247,19 @@ class MoDEDenoiser(Denoiser):
         return {"experts": experts, **terms}
 
     # ------------------------------------------------------------------ forward
+    def input_tokens(self, x_t: torch.Tensor, prepared: dict) -> torch.Tensor:
+        """x_t (B, H, A) -> action tokens (B, H, D): the embedded actions plus the positions, or
+        with ``obs_input`` the positions plus the projected pooled condition (``prepare``)."""
+        h = x_t.shape[1]
+        bias = prepared.get("input_bias")
+        return self.action_in(x_t) + (self.position[:, :h] if bias is None else bias[:, :h])
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, prepared: dict, step: dict | None = None):
         """``step``: the level's inputs from ``step_inputs`` / ``graph_step_inputs`` (fused
         experts, noise terms); None computes the noise terms here and routes sparsely."""
-        b, h, _ = x_t.shape
+        b = x_t.shape[0]
         if step is not None and "folded" in step:                       # a cached level, modulation folded in
-            x = self.action_in(x_t) + self.position[:, :h]
+            x = self.input_tokens(x_t, prepared)
             for block, kv, folded in zip(self.blocks, prepared["kv"], step["folded"]):
                 x = block.folded_forward(x, kv, folded)
             return F.linear(self.final_norm(x), *step["head"])
@@ -254,7 +269,7 @@ class MoDEDenoiser(Denoiser):
         c = c.expand(b, *c.shape[1:]) if c.shape[0] != b else c        # a cached level's (1, D)
         pooled = prepared.get("pooled")                                 # (B, D) with obs_context, joint modulation
         c_cond = c if pooled is None else c + (pooled if c.dim() == 2 else pooled[:, None])
-        tokens = self.action_in(x_t) + self.position[:, :h]             # (B, H, D)
+        tokens = self.input_tokens(x_t, prepared)                       # (B, H, D)
         if self.conditioning == "adaln":                                # the action tokens alone
             x, c_seq, route_seq = tokens, None, tokenwise(c)
         else:                                                           # the noise token, then the actions

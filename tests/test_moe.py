@@ -43,15 +43,17 @@ BATCH = {"state": torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(1
 
 
 @pytest.mark.parametrize("mode", ["eager", "trace"])
-@pytest.mark.parametrize("process,shared,obs,conditioning,modulation,attention", [
-    ("flow", 0.0, False, "token", "joint", "cross"), ("ddpm", 0.0, False, "token", "joint", "cross"),
-    ("flow", 0.75, True, "token", "joint", "cross"), ("flow", 0.75, True, "adaln", "joint", "cross"),
-    ("flow", 0.0, True, "adaln", "split", "prefix"), ("ddpm", 0.0, False, "adaln", "joint", "cross"),
-    ("flow", 0.0, False, "token", "joint", "prefix"), ("flow", 0.75, False, "adaln", "joint", "prefix")])
-def test_cached_experts_match_the_uncached_mixture(mode, process, shared, obs, conditioning, modulation, attention):
+@pytest.mark.parametrize("process,shared,obs,conditioning,modulation,attention,obs_input", [
+    ("flow", 0.0, False, "token", "joint", "cross", False), ("ddpm", 0.0, False, "token", "joint", "cross", False),
+    ("flow", 0.75, True, "token", "joint", "cross", False), ("flow", 0.75, True, "adaln", "joint", "cross", False),
+    ("flow", 0.0, True, "adaln", "split", "prefix", False), ("ddpm", 0.0, False, "adaln", "joint", "cross", True),
+    ("flow", 0.0, False, "token", "joint", "prefix", True), ("flow", 0.75, False, "adaln", "joint", "prefix", False)])
+def test_cached_experts_match_the_uncached_mixture(mode, process, shared, obs, conditioning, modulation, attention,
+                                                   obs_input):
     options = (f"policy/process={process}", f"policy.denoiser.shared_ratio={shared}",
                f"policy.denoiser.obs_context={obs}", f"policy.denoiser.conditioning={conditioning}",
-               f"policy.denoiser.modulation={modulation}", f"policy.denoiser.attention={attention}")
+               f"policy.denoiser.modulation={modulation}", f"policy.denoiser.attention={attention}",
+               f"policy.denoiser.obs_input={obs_input}")
     cached = mode_policy(*options).set_inference_mode(mode)
     uncached = mode_policy(*options, "policy.denoiser.cache=false").set_inference_mode(mode)
     assert (cached.denoiser.blocks[0].shared is None) == (shared == 0)
@@ -181,6 +183,30 @@ def test_a_folded_cache_goes_stale_with_the_layers_it_folds_into():
         assert fresh is not step
         torch.testing.assert_close(denoiser(x, t, prepared, fresh), denoiser(x, t, prepared), atol=1e-5, rtol=1e-5)
         step = fresh
+
+
+def test_obs_input_adds_the_observation_to_the_action_tokens_and_keeps_the_cache_folded():
+    """obs_input: the action tokens' input bias is the positions plus the projected mean of the
+    condition, prepared once per chunk; the level's modulation stays foldable, and the folded
+    cached step reads the observation through that bias."""
+    policy = mode_policy("policy.denoiser.conditioning=adaln", "policy.denoiser.obs_input=true")
+    denoiser = policy.denoiser
+    cond = policy.condition(BATCH)
+    prepared = denoiser.prepare(cond)
+    bias = denoiser.position + denoiser.obs_input(cond.mean(dim=1))[:, None]            # (B, H, D)
+    torch.testing.assert_close(prepared["input_bias"], bias)
+    x, t = torch.randn(3, 6, 2), torch.full((3,), 0.7)
+    step = denoiser.step_inputs(t)
+    assert "folded" in step
+    torch.testing.assert_close(denoiser(x, t, prepared, step), denoiser(x, t, prepared), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        for block in denoiser.blocks:                                   # close the cross-attention's path
+            block.cross_attn.out.weight.zero_()
+    plain = denoiser(x, t, prepared, denoiser.step_inputs(t))
+    moved = denoiser(x, t, denoiser.prepare(policy.condition({**BATCH, "state": BATCH["state"] + 1})),
+                     denoiser.step_inputs(t))
+    assert not torch.allclose(moved, plain)                             # the observation still reaches the output
+    assert "obs_input" not in dict(mode_policy("policy.denoiser.conditioning=adaln").denoiser.named_children())
 
 
 def test_prefix_attention_reads_the_condition_in_the_self_attention():
