@@ -170,10 +170,11 @@ class MoDEDenoiser(Denoiser):
         ``obs_final`` (B, 2D)). With ``obs_input`` the action tokens' input bias (``input_bias``
         (B, H, D)): the positions plus the projected mean of the condition tokens."""
         prepared = {"kv": [block.condition_kv(cond) for block in self.blocks]}
+        mean = cond.mean(dim=1)                                                 # (B, D)
         if self.obs_input is not None:
-            prepared["input_bias"] = self.position + self.obs_input(cond.mean(dim=1))[:, None]
+            prepared["input_bias"] = self.position + self.obs_input(mean)[:, None]
         if self.cond_pool is not None:
-            pooled = self.cond_pool(cond.mean(dim=1))
+            pooled = self.cond_pool(mean)
             if self.noise_modulation:
                 act = F.silu(pooled)
                 prepared["obs_mods"] = [F.linear(act, block.ada[-1].weight) for block in self.blocks]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dit import Attention, modulate, tokenwise, xavier_linears
-from .moe_experts import SwiGLUExperts, with_shared
+from .moe_experts import SwiGLUExperts, fused_swiglu, with_shared
 
 
 class MoDEBlock(nn.Module):
@@ -73,12 +73,11 @@ class MoDEBlock(nn.Module):
         attn = self.self_attn
         q, k, v = (attn.split(p) for p in F.linear(self.norm1(x), qkv_w, qkv_b).chunk(3, dim=-1))
         if self.cross_attn is None:                 # prefix: the condition's keys/values after the tokens'
-            k, v = torch.cat([k, cond_kv[0]], dim=2), torch.cat([v, cond_kv[1]], dim=2)
+            k, v = after_tokens((k, v), cond_kv)
         x = x + F.linear(attn.mix_heads(q, k, v), out_w, out_b)
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.norm_cross(x), kv=cond_kv)
-        a, g = F.linear(self.norm2(x), w13, b13).chunk(2, dim=-1)
-        return x + F.linear(F.silu(a) * g, w2)
+        return x + fused_swiglu(self.norm2(x), w13, w2, b13)
 
     def condition_kv(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The condition tokens (B, N_cond, D) as keys/values, (B, heads, N_cond, D / heads) each,
@@ -88,8 +87,7 @@ class MoDEBlock(nn.Module):
     def attend(self, x: torch.Tensor, c_seq: torch.Tensor, cond_kv, mod=None) -> torch.Tensor:
         y = self.norm1(x) + c_seq if mod is None else modulate(self.norm1(x), mod[0], mod[1])
         if self.cross_attn is None:                 # prefix: the tokens' own keys/values, then the condition's
-            k, v = self.self_attn.keys_values(y)
-            y = self.self_attn(y, kv=(torch.cat([k, cond_kv[0]], dim=2), torch.cat([v, cond_kv[1]], dim=2)))
+            y = self.self_attn(y, kv=after_tokens(self.self_attn.keys_values(y), cond_kv))
         else:
             y = self.self_attn(y)
         x = x + (y if mod is None else mod[2] * y)
@@ -97,6 +95,12 @@ class MoDEBlock(nn.Module):
 
     def ffn_input(self, x: torch.Tensor, mod=None) -> torch.Tensor:
         return self.norm2(x) if mod is None else modulate(self.norm2(x), mod[3], mod[4])
+
+
+def after_tokens(own_kv, cond_kv):
+    """Prefix attention's keys and values: the tokens' own, then the condition's, along the key
+    axis: (B, heads, N, D / heads) and (B, heads, N_cond, D / heads) -> (B, heads, N + N_cond, D / heads)."""
+    return tuple(torch.cat([own, cond], dim=2) for own, cond in zip(own_kv, cond_kv))
 
 
 def modulation_parts(v: torch.Tensor) -> tuple[torch.Tensor, ...]:

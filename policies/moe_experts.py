@@ -56,11 +56,12 @@ def with_shared(fused: tuple[torch.Tensor, torch.Tensor], shared: SwiGLUExperts)
     return torch.cat([r1, s1, r3, s3], dim=-2).contiguous(), w2.contiguous()
 
 
-def fused_swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D) through a fused layer shared by the batch (w13 (2kh, D), w2 (D, kh)) or one
-    per sample (w13 (B, 2kh, D), w2 (B, D, kh))."""
+def fused_swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, b13: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, N, D) through a fused layer shared by the batch (w13 (2kh, D), w2 (D, kh), with an
+    input bias b13 (2kh,) where a folded modulation shifted it) or one per sample
+    (w13 (B, 2kh, D), w2 (B, D, kh))."""
     if w13.dim() == 2:
-        a, b = F.linear(x, w13).chunk(2, dim=-1)
+        a, b = F.linear(x, w13, b13).chunk(2, dim=-1)
         return F.linear(F.silu(a) * b, w2)
     a, b = torch.matmul(x, w13.transpose(-1, -2)).chunk(2, dim=-1)
     return torch.matmul(F.silu(a) * b, w2.transpose(-1, -2))
