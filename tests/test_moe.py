@@ -99,7 +99,7 @@ def test_routing_depends_only_on_the_noise_level(obs_context, conditioning, modu
     seen.clear()
     token.route = lambda logits: (lambda r: (seen.append(r[0].clone()), r)[1])(MoDEDenoiser.route(token, logits))
     token(torch.randn(3, 6, 2), t, token.prepare(torch.randn(3, 5, 32)))
-    assert seen[0].shape == (3 * 7, 2)
+    assert seen[0].shape == (3 * 7, token.top_k)
 
 
 def test_load_balance_is_one_for_uniform_routing_and_grows_with_collapse():
