@@ -170,6 +170,8 @@ class MoDEDenoiser(Denoiser):
         ``obs_final`` (B, 2D)). With ``obs_input`` the action tokens' input bias (``input_bias``
         (B, H, D)): the positions plus the projected mean of the condition tokens."""
         prepared = {"kv": [block.condition_kv(cond) for block in self.blocks]}
+        if self.obs_input is None and self.cond_pool is None:
+            return prepared
         mean = cond.mean(dim=1)                                                 # (B, D)
         if self.obs_input is not None:
             prepared["input_bias"] = self.position + self.obs_input(mean)[:, None]
